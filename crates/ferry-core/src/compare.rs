@@ -1,0 +1,179 @@
+//! Comparison of two row streams ordered by key: the heart of `verify`.
+//!
+//! Both sides arrive sorted by the same key order; one merge pass finds the keys only on the
+//! left (missing on the right), only on the right (extra), and present on both with different
+//! values. The caller supplies the value comparison, so the same merge serves SQLite against
+//! PostgreSQL (with the shipper's conversion rules) and log folds against databases.
+
+use std::cmp::Ordering;
+
+/// How many keys of each kind a [`Comparison`] keeps as examples.
+pub const EXAMPLE_KEYS: usize = 10;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Comparison<K> {
+    pub left_rows: u64,
+    pub right_rows: u64,
+    pub missing: u64,
+    pub extra: u64,
+    pub different: u64,
+    pub first_missing: Vec<K>,
+    pub first_extra: Vec<K>,
+    pub first_different: Vec<K>,
+}
+
+impl<K> Default for Comparison<K> {
+    fn default() -> Self {
+        Comparison {
+            left_rows: 0,
+            right_rows: 0,
+            missing: 0,
+            extra: 0,
+            different: 0,
+            first_missing: Vec::new(),
+            first_extra: Vec::new(),
+            first_different: Vec::new(),
+        }
+    }
+}
+
+impl<K> Comparison<K> {
+    pub fn is_equal(&self) -> bool {
+        self.missing == 0 && self.extra == 0 && self.different == 0
+    }
+}
+
+/// Error from a comparison: either side's stream failed, or a side was not in key order.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError<E> {
+    #[error(transparent)]
+    Stream(E),
+    #[error("the {side} side is not sorted by key (a key arrived after a greater one)")]
+    Unsorted { side: &'static str },
+}
+
+/// Merges two key-ordered streams. `ord` orders keys; `same` decides whether the left and
+/// right values of one key are equal.
+pub fn compare_sorted<K, L, R, E>(
+    left: impl IntoIterator<Item = Result<(K, L), E>>,
+    right: impl IntoIterator<Item = Result<(K, R), E>>,
+    mut ord: impl FnMut(&K, &K) -> Ordering,
+    mut same: impl FnMut(&L, &R) -> bool,
+) -> Result<Comparison<K>, CompareError<E>>
+where
+    K: Clone,
+{
+    let mut out = Comparison::default();
+    let mut left = left.into_iter();
+    let mut right = right.into_iter();
+    let mut next_l = || left.next().transpose().map_err(CompareError::Stream);
+    let mut l = next_l()?;
+    let mut r = right.next().transpose().map_err(CompareError::Stream)?;
+    let mut last_l: Option<K> = None;
+    let mut last_r: Option<K> = None;
+    loop {
+        if let Some((k, _)) = &l {
+            if last_l.as_ref().is_some_and(|p| ord(p, k) != Ordering::Less) {
+                return Err(CompareError::Unsorted { side: "left" });
+            }
+        }
+        if let Some((k, _)) = &r {
+            if last_r.as_ref().is_some_and(|p| ord(p, k) != Ordering::Less) {
+                return Err(CompareError::Unsorted { side: "right" });
+            }
+        }
+        match (l.take(), r.take()) {
+            (None, None) => break,
+            (Some((lk, _)), None) => {
+                out.left_rows += 1;
+                out.missing += 1;
+                push(&mut out.first_missing, &lk);
+                last_l = Some(lk);
+                l = next_l()?;
+            }
+            (None, Some((rk, _))) => {
+                out.right_rows += 1;
+                out.extra += 1;
+                push(&mut out.first_extra, &rk);
+                last_r = Some(rk);
+                r = right.next().transpose().map_err(CompareError::Stream)?;
+            }
+            (Some((lk, lv)), Some((rk, rv))) => match ord(&lk, &rk) {
+                Ordering::Less => {
+                    out.left_rows += 1;
+                    out.missing += 1;
+                    push(&mut out.first_missing, &lk);
+                    last_l = Some(lk);
+                    l = next_l()?;
+                    r = Some((rk, rv));
+                }
+                Ordering::Greater => {
+                    out.right_rows += 1;
+                    out.extra += 1;
+                    push(&mut out.first_extra, &rk);
+                    last_r = Some(rk);
+                    r = right.next().transpose().map_err(CompareError::Stream)?;
+                    l = Some((lk, lv));
+                }
+                Ordering::Equal => {
+                    out.left_rows += 1;
+                    out.right_rows += 1;
+                    if !same(&lv, &rv) {
+                        out.different += 1;
+                        push(&mut out.first_different, &lk);
+                    }
+                    last_l = Some(lk);
+                    last_r = Some(rk);
+                    l = next_l()?;
+                    r = right.next().transpose().map_err(CompareError::Stream)?;
+                }
+            },
+        }
+    }
+    Ok(out)
+}
+
+fn push<K: Clone>(v: &mut Vec<K>, k: &K) {
+    if v.len() < EXAMPLE_KEYS {
+        v.push(k.clone());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ok<T>(v: Vec<T>) -> Vec<Result<T, ()>> {
+        v.into_iter().map(Ok).collect()
+    }
+
+    #[test]
+    fn finds_missing_extra_and_different() {
+        let l = ok(vec![(1, "a"), (2, "b"), (4, "d"), (5, "e")]);
+        let r = ok(vec![(2, "b"), (3, "c"), (4, "X"), (5, "e")]);
+        let c = compare_sorted(l, r, |a: &i32, b: &i32| a.cmp(b), |a, b| a == b).unwrap();
+        assert_eq!((c.left_rows, c.right_rows), (4, 4));
+        assert_eq!((c.missing, c.extra, c.different), (1, 1, 1));
+        assert_eq!(c.first_missing, vec![1]);
+        assert_eq!(c.first_extra, vec![3]);
+        assert_eq!(c.first_different, vec![4]);
+        assert!(!c.is_equal());
+    }
+
+    #[test]
+    fn equal_streams_are_equal() {
+        let l = ok(vec![(1, 1), (2, 2)]);
+        let r = ok(vec![(1, 1), (2, 2)]);
+        let c = compare_sorted(l, r, |a: &i32, b: &i32| a.cmp(b), |a, b| a == b).unwrap();
+        assert!(c.is_equal());
+    }
+
+    #[test]
+    fn unsorted_input_is_an_error() {
+        let l = ok(vec![(2, 1), (1, 1)]);
+        let r = ok(vec![]);
+        let e = compare_sorted(l, r, |a: &i32, b: &i32| a.cmp(b), |a: &i32, b: &i32| a == b)
+            .unwrap_err();
+        assert!(matches!(e, CompareError::Unsorted { side: "left" }));
+    }
+}
