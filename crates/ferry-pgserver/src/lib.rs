@@ -109,12 +109,11 @@ pub fn find_bin_dir() -> Result<PathBuf, ServerError> {
         .arg("--bindir")
         .stderr(Stdio::null())
         .output()
+        && out.status.success()
     {
-        if out.status.success() {
-            let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            if has_server(&d) {
-                return Ok(d);
-            }
+        let d = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if has_server(&d) {
+            return Ok(d);
         }
     }
     if let Some(path) = std::env::var_os("PATH") {
