@@ -21,6 +21,7 @@ mod lsn;
 mod position;
 mod record;
 mod schema;
+pub mod state_dir;
 mod value;
 
 pub use lsn::Lsn;
