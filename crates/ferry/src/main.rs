@@ -1,1 +1,24 @@
-fn main() {}
+//! The `ferry` binary: parses the command line, sets up logging, and hands each subcommand
+//! to its module in `cmd/`. It owns no algorithm: capture, the log, shipping and comparison
+//! live in the library crates.
+//!
+//! Exit codes: 0 success; 1 only where a command defines it (`verify`: "different"); 2 for
+//! every error, including a subcommand that is not built yet.
+
+mod cli;
+mod cmd;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    cmd::init_tracing(&cli.global);
+    match cmd::dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}

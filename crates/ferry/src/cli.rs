@@ -1,0 +1,273 @@
+//! The command line. Every option that the config file also knows can come from a flag or a
+//! `FERRY_…` environment variable.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Move an application's embedded database (SQLite, sled) into PostgreSQL while it keeps running",
+    long_about = "ferry captures every change of an application's SQLite database into a durable local log, replays the log continuously into PostgreSQL, proves both sides hold the same rows, and cuts over with less than a second of write pause.\n\nStart with `ferry demo`."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GlobalArgs {
+    /// Log output format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "FERRY_LOG_FORMAT")]
+    pub log_format: LogFormat,
+    /// Log filter (tracing env-filter syntax), e.g. `info` or `ferry=debug`.
+    #[arg(long, global = true, default_value = "info", env = "FERRY_LOG")]
+    pub log: String,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Capture and ship in one process, for one or many sources (the operator's main command).
+    Run(RunArgs),
+    /// Tail a SQLite database into the durable log (no shipping).
+    Capture(CaptureArgs),
+    /// Replay a state directory's log into PostgreSQL.
+    Ship(ShipArgs),
+    /// One-shot copy of a SQLite database into PostgreSQL (what pgloader does), without the log.
+    Snapshot(SnapshotArgs),
+    /// Show what each source is doing: captured and shipped positions, lag, errors.
+    Status(StatusArgs),
+    /// Prove row by row that PostgreSQL holds what SQLite holds. Exit 0 equal, 1 different, 2 error.
+    Verify(VerifyArgs),
+    /// Switch the application over to PostgreSQL with a sub-second write pause.
+    Cutover(CutoverArgs),
+    /// Watch a live application replicate into a throwaway PostgreSQL and cut over.
+    Demo(DemoArgs),
+    /// Inspect and check a durable log.
+    #[command(subcommand)]
+    Log(LogCommand),
+    /// Backups: take one now, list what the archive holds.
+    #[command(subcommand)]
+    Backup(BackupCommand),
+    /// Rebuild a database (SQLite or PostgreSQL) as it was at a point in time.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct StateDirArg {
+    /// The state directory (positional form).
+    #[arg(value_name = "STATE_DIR", conflicts_with = "state_dir")]
+    pub state_dir_pos: Option<PathBuf>,
+    /// The state directory.
+    #[arg(long = "state-dir", env = "FERRY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StateDirArg {
+    pub fn get(&self) -> anyhow::Result<PathBuf> {
+        self.state_dir_pos
+            .clone()
+            .or_else(|| self.state_dir.clone())
+            .ok_or_else(|| anyhow::anyhow!("no state directory given: pass it as an argument or with --state-dir"))
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum TargetModeArg {
+    Create,
+    Existing,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TargetArgs {
+    /// PostgreSQL URL or libpq key=value string (libpq environment variables and ~/.pgpass apply).
+    #[arg(long, env = "FERRY_TARGET")]
+    pub target: Option<String>,
+    /// Target schema.
+    #[arg(long, env = "FERRY_SCHEMA", default_value = "public")]
+    pub schema: String,
+    /// Prefix for every table name in PostgreSQL.
+    #[arg(long, env = "FERRY_TABLE_PREFIX", default_value = "")]
+    pub table_prefix: String,
+    /// `create`: ferry creates the tables; `existing`: the application created its own schema.
+    #[arg(long, value_enum, env = "FERRY_MODE", default_value_t = TargetModeArg::Create)]
+    pub mode: TargetModeArg,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The SQLite database to capture (quick form; use --config for several sources).
+    #[arg(long, env = "FERRY_SOURCE")]
+    pub source: Option<PathBuf>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    #[arg(long, env = "FERRY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// TOML configuration with one or more [[source]] entries.
+    #[arg(long, env = "FERRY_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Read-only admin HTTP endpoint (status, health, metrics).
+    #[arg(long, env = "FERRY_ADMIN_ADDR")]
+    pub admin_addr: Option<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct CaptureArgs {
+    /// The SQLite database to capture.
+    #[arg(long, env = "FERRY_SOURCE")]
+    pub source: PathBuf,
+    #[arg(long, env = "FERRY_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Source id (default: the database file's stem).
+    #[arg(long)]
+    pub source_id: Option<String>,
+    /// Capture the initial snapshot (first run) and everything committed so far, then exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ShipArgs {
+    #[arg(long, env = "FERRY_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Which source of the state directory (default: its only source).
+    #[arg(long)]
+    pub source_id: Option<String>,
+    #[command(flatten)]
+    pub target: TargetArgs,
+    /// Apply until caught up with the log's end, then exit.
+    #[arg(long)]
+    pub once: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct SnapshotArgs {
+    #[arg(long)]
+    pub source: PathBuf,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub state_dir: StateDirArg,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    #[arg(long)]
+    pub source: PathBuf,
+    #[command(flatten)]
+    pub target: TargetArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct CutoverArgs {
+    #[arg(long, env = "FERRY_STATE_DIR")]
+    pub state_dir: PathBuf,
+    /// Command that switches the application to PostgreSQL, run while the fence is held.
+    #[arg(long)]
+    pub then: Option<String>,
+    /// Verify every row under the fence, not only what changed since the pre-fence verify.
+    #[arg(long)]
+    pub full: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Leave everything running at the end and print how to connect.
+    #[arg(long)]
+    pub keep: bool,
+    /// How long the sample application writes before the cutover, in seconds.
+    #[arg(long, default_value_t = 10)]
+    pub seconds: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum LogCommand {
+    /// Print the records of a log (a table, or one JSON object per line with --json).
+    Inspect(LogInspectArgs),
+    /// Check every CRC of a log; exit 2 on corruption.
+    Verify(LogVerifyArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct LogInspectArgs {
+    #[command(flatten)]
+    pub state_dir: StateDirArg,
+    /// Which source (default: the only one).
+    #[arg(long)]
+    pub source_id: Option<String>,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+    /// First LSN to print.
+    #[arg(long, default_value_t = 1)]
+    pub from: u64,
+    /// Print at most this many records.
+    #[arg(long)]
+    pub limit: Option<u64>,
+}
+
+#[derive(Args, Debug)]
+pub struct LogVerifyArgs {
+    #[command(flatten)]
+    pub state_dir: StateDirArg,
+    #[arg(long)]
+    pub source_id: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BackupCommand {
+    /// Take a base snapshot now (asks the running process).
+    Now(BackupNowArgs),
+    /// List base snapshots and the restorable time range.
+    List(BackupListArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BackupNowArgs {
+    #[arg(long, env = "FERRY_STATE_DIR")]
+    pub state_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct BackupListArgs {
+    #[arg(long, env = "FERRY_ARCHIVE_DIR")]
+    pub archive_dir: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct RestoreArgs {
+    #[arg(long, env = "FERRY_ARCHIVE_DIR")]
+    pub archive_dir: PathBuf,
+    #[arg(long, conflicts_with_all = ["to_time", "latest"])]
+    pub to_lsn: Option<u64>,
+    #[arg(long, conflicts_with_all = ["to_lsn", "latest"])]
+    pub to_time: Option<String>,
+    #[arg(long)]
+    pub latest: bool,
+    /// Rebuild a SQLite database file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    /// Rebuild into PostgreSQL.
+    #[arg(long)]
+    pub target: Option<String>,
+    #[arg(long, default_value = "public")]
+    pub schema: String,
+}
