@@ -75,7 +75,13 @@ pub fn source_id_from_path(path: &Path) -> SourceId {
 /// Source ids name directories and PostgreSQL progress rows: keep them to `[A-Za-z0-9_.-]`.
 pub fn sanitize_source_id(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect()
 }
 
@@ -88,8 +94,17 @@ mod tests {
         let sd = StateDir::new("/var/lib/ferry");
         let id = source_id_from_path(Path::new("/srv/app/my app.db"));
         assert_eq!(id.as_str(), "my_app");
-        assert_eq!(sd.log_dir(&id), PathBuf::from("/var/lib/ferry/sources/my_app/log"));
-        assert_eq!(sd.capture_dir(&id), PathBuf::from("/var/lib/ferry/sources/my_app/capture"));
-        assert_eq!(sd.control_socket(), PathBuf::from("/var/lib/ferry/control.sock"));
+        assert_eq!(
+            sd.log_dir(&id),
+            PathBuf::from("/var/lib/ferry/sources/my_app/log")
+        );
+        assert_eq!(
+            sd.capture_dir(&id),
+            PathBuf::from("/var/lib/ferry/sources/my_app/capture")
+        );
+        assert_eq!(
+            sd.control_socket(),
+            PathBuf::from("/var/lib/ferry/control.sock")
+        );
     }
 }

@@ -77,7 +77,11 @@ impl StateDirArg {
         self.state_dir_pos
             .clone()
             .or_else(|| self.state_dir.clone())
-            .ok_or_else(|| anyhow::anyhow!("no state directory given: pass it as an argument or with --state-dir"))
+            .ok_or_else(|| {
+                anyhow::anyhow!(
+                    "no state directory given: pass it as an argument or with --state-dir"
+                )
+            })
     }
 }
 

@@ -7,7 +7,9 @@ use std::process::ExitCode;
 pub fn init_tracing(g: &GlobalArgs) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_new(&g.log).unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match g.log_format {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
