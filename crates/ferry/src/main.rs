@@ -7,6 +7,7 @@
 
 mod cli;
 mod cmd;
+mod metrics;
 
 use clap::Parser;
 use std::process::ExitCode;
