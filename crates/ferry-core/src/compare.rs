@@ -72,15 +72,15 @@ where
     let mut last_l: Option<K> = None;
     let mut last_r: Option<K> = None;
     loop {
-        if let Some((k, _)) = &l {
-            if last_l.as_ref().is_some_and(|p| ord(p, k) != Ordering::Less) {
-                return Err(CompareError::Unsorted { side: "left" });
-            }
+        if let Some((k, _)) = &l
+            && last_l.as_ref().is_some_and(|p| ord(p, k) != Ordering::Less)
+        {
+            return Err(CompareError::Unsorted { side: "left" });
         }
-        if let Some((k, _)) = &r {
-            if last_r.as_ref().is_some_and(|p| ord(p, k) != Ordering::Less) {
-                return Err(CompareError::Unsorted { side: "right" });
-            }
+        if let Some((k, _)) = &r
+            && last_r.as_ref().is_some_and(|p| ord(p, k) != Ordering::Less)
+        {
+            return Err(CompareError::Unsorted { side: "right" });
         }
         match (l.take(), r.take()) {
             (None, None) => break,

@@ -80,10 +80,12 @@ fn cmp_int_real(i: i64, r: f64) -> Ordering {
         // SQLite never stores NaN; order it after every number so the order stays total.
         return Ordering::Less;
     }
-    if r >= 9.223_372_036_854_775_808e18 {
+    // 2^63 is exactly representable; every f64 at or above it exceeds every i64.
+    const TWO_POW_63: f64 = 9_223_372_036_854_775_808.0;
+    if r >= TWO_POW_63 {
         return Ordering::Less;
     }
-    if r < -9.223_372_036_854_775_808e18 {
+    if r < -TWO_POW_63 {
         return Ordering::Greater;
     }
     let t = r.trunc();
