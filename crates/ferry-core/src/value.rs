@@ -228,11 +228,11 @@ mod tests {
     #[test]
     fn int_real_compare_is_exact_at_the_edges() {
         assert_eq!(
-            cmp_int_real(i64::MAX, 9.223_372_036_854_775_807e18),
+            cmp_int_real(i64::MAX, 9_223_372_036_854_775_808.0),
             Ordering::Less
         );
         assert_eq!(
-            cmp_int_real(i64::MIN, -9.223_372_036_854_775_808e18),
+            cmp_int_real(i64::MIN, -9_223_372_036_854_775_808.0),
             Ordering::Equal
         );
         assert_eq!(cmp_int_real(3, 3.0), Ordering::Equal);
