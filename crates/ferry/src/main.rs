@@ -7,6 +7,8 @@
 
 mod cli;
 mod cmd;
+#[allow(dead_code)] // wired into `ferry run` (issue 5)
+mod config;
 // Wired into `ferry run` (issue 5); until then only its test uses it.
 #[allow(dead_code)]
 mod metrics;
