@@ -5,6 +5,8 @@
 //! Exit codes: 0 success; 1 only where a command defines it (`verify`: "different"); 2 for
 //! every error, including a subcommand that is not built yet.
 
+#[allow(dead_code)] // wired into `ferry run` (issue 5)
+mod admin;
 mod cli;
 mod cmd;
 #[allow(dead_code)] // wired into `ferry run` (issue 5)
@@ -12,6 +14,8 @@ mod config;
 // Wired into `ferry run` (issue 5); until then only its test uses it.
 #[allow(dead_code)]
 mod metrics;
+#[allow(dead_code)] // wired into `ferry run` (issue 5)
+mod status;
 
 use clap::Parser;
 use std::process::ExitCode;
