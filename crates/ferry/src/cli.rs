@@ -60,6 +60,28 @@ pub enum Command {
     Backup(BackupCommand),
     /// Rebuild a database (SQLite or PostgreSQL) as it was at a point in time.
     Restore(RestoreArgs),
+    /// A sample application that keeps writing to a SQLite database (used by the demo and tests).
+    #[command(hide = true)]
+    SampleApp(SampleAppArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SampleAppArgs {
+    #[arg(long)]
+    pub db: PathBuf,
+    /// Transactions per second (0: as fast as possible).
+    #[arg(long, default_value_t = 200)]
+    pub rate: u64,
+    /// Stop after this many seconds (default: until SIGTERM/SIGINT).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    #[arg(long, default_value_t = 1000)]
+    pub initial_users: u64,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    /// Only create the schema and initial data, then exit.
+    #[arg(long)]
+    pub prepare_only: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -14,6 +14,7 @@ mod config;
 // Wired into `ferry run` (issue 5); until then only its test uses it.
 #[allow(dead_code)]
 mod metrics;
+mod signals;
 #[allow(dead_code)] // wired into `ferry run` (issue 5)
 mod status;
 

@@ -1,6 +1,8 @@
 //! One module per subcommand; `dispatch` routes to them.
 
-use crate::cli::{Cli, Command, GlobalArgs, LogFormat};
+pub mod sample_app;
+
+use crate::cli::{Cli, Command, GlobalArgs, LogFormat, SampleAppArgs};
 use anyhow::bail;
 use std::process::ExitCode;
 
@@ -34,5 +36,23 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Log(_) => not_built("log", 2),
         Command::Backup(_) => not_built("backup", 7),
         Command::Restore(_) => not_built("restore", 7),
+        Command::SampleApp(a) => run_sample_app(a),
     }
+}
+
+fn run_sample_app(a: SampleAppArgs) -> anyhow::Result<ExitCode> {
+    if a.prepare_only {
+        sample_app::prepare(&a.db, a.initial_users)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    let stop = crate::signals::stop_flag();
+    let opts = sample_app::SampleAppOptions {
+        rate: a.rate,
+        duration: a.seconds.map(std::time::Duration::from_secs_f64),
+        initial_users: a.initial_users,
+        seed: a.seed,
+    };
+    let summary = sample_app::run(&a.db, &opts, stop)?;
+    println!("{}", serde_json::to_string(&summary)?);
+    Ok(ExitCode::SUCCESS)
 }

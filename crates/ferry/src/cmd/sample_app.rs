@@ -1,0 +1,217 @@
+//! A sample application that keeps changing a SQLite database, the way the applications
+//! ferry serves do: users, jobs that move through states, settings upserted, an append-only
+//! event table without a primary key, some blobs large enough to overflow a page.
+//!
+//! It runs as its own process (`ferry sample-app`), because ferry must never share a process
+//! with the application's connections (closing any descriptor of the database file in a
+//! process drops that process's SQLite locks). It measures what an application would feel:
+//! its longest commit stall (busy waits included), so the cutover's write-unavailability
+//! window can be checked independently. On SIGTERM/SIGINT it stops between transactions and
+//! prints a JSON summary on stdout.
+
+use anyhow::Context;
+use rusqlite::{Connection, TransactionBehavior, params};
+use serde::Serialize;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id INTEGER PRIMARY KEY,
+    email TEXT NOT NULL UNIQUE,
+    name TEXT,
+    created_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP,
+    active BOOLEAN NOT NULL DEFAULT 1
+);
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    user_id INTEGER NOT NULL REFERENCES users(id),
+    state TEXT NOT NULL,
+    payload BLOB,
+    score REAL,
+    updated_at TEXT
+);
+CREATE INDEX IF NOT EXISTS jobs_by_state ON jobs(state);
+CREATE TABLE IF NOT EXISTS settings (key TEXT PRIMARY KEY, value TEXT) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (ts REAL, kind TEXT, detail TEXT);
+";
+
+#[derive(Debug, Serialize, Default)]
+pub struct SampleAppSummary {
+    pub commits: u64,
+    pub busy_retries: u64,
+    pub longest_stall_ms: f64,
+    pub last_job_id: i64,
+    pub stopped_by: String,
+}
+
+pub struct SampleAppOptions {
+    /// Transactions per second (0: as fast as possible).
+    pub rate: u64,
+    /// Stop after this long (None: until signalled).
+    pub duration: Option<Duration>,
+    /// Rows to create before the timed run (initial data for the snapshot).
+    pub initial_users: u64,
+    pub seed: u64,
+}
+
+/// Creates the schema and initial data (idempotent).
+pub fn prepare(db: &Path, initial_users: u64) -> anyhow::Result<()> {
+    let conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    conn.pragma_update(None, "journal_mode", "wal")?;
+    conn.execute_batch(SCHEMA)?;
+    let have: i64 = conn.query_row("SELECT count(*) FROM users", [], |r| r.get(0))?;
+    if have == 0 && initial_users > 0 {
+        let tx = conn.unchecked_transaction()?;
+        for i in 0..initial_users as i64 {
+            tx.execute(
+                "INSERT INTO users (email, name, active) VALUES (?1, ?2, ?3)",
+                params![
+                    format!("user{i}@example.com"),
+                    format!("User {i}"),
+                    i % 7 != 0
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO jobs (user_id, state, payload, score, updated_at) VALUES (?1, 'queued', ?2, ?3, datetime('now'))",
+                params![i + 1, vec![(i % 251) as u8; (i as usize * 37) % 3000], (i as f64) * 0.5],
+            )?;
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO settings VALUES ('schema_version', '1')",
+            [],
+        )?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// xorshift: deterministic per seed, no dependency.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0 = x;
+        x
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+pub fn run(
+    db: &Path,
+    opts: &SampleAppOptions,
+    stop: Arc<AtomicBool>,
+) -> anyhow::Result<SampleAppSummary> {
+    prepare(db, opts.initial_users)?;
+    let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
+    // A long busy timeout: during the cutover fence the application waits, it does not fail.
+    conn.busy_timeout(Duration::from_secs(60))?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    let mut rng = Rng(opts.seed.max(1));
+    let mut summary = SampleAppSummary::default();
+    let started = Instant::now();
+    let mut n: u64 = 0;
+    loop {
+        if stop.load(Ordering::Relaxed) {
+            summary.stopped_by = "signal".into();
+            break;
+        }
+        if opts.duration.is_some_and(|d| started.elapsed() >= d) {
+            summary.stopped_by = "duration".into();
+            break;
+        }
+        if opts.rate > 0 {
+            let due = started + Duration::from_secs_f64(n as f64 / opts.rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
+        n += 1;
+        let t0 = Instant::now();
+        let result = one_transaction(&mut conn, &mut rng, n);
+        let stall = t0.elapsed().as_secs_f64() * 1000.0;
+        match result {
+            Ok(last_job) => {
+                summary.commits += 1;
+                if last_job > 0 {
+                    summary.last_job_id = last_job;
+                }
+                if stall > summary.longest_stall_ms {
+                    summary.longest_stall_ms = stall;
+                }
+            }
+            Err(e) if is_busy(&e) => summary.busy_retries += 1,
+            Err(e) => return Err(e).context("sample application transaction"),
+        }
+    }
+    Ok(summary)
+}
+
+fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
+fn one_transaction(conn: &mut Connection, rng: &mut Rng, n: u64) -> Result<i64, rusqlite::Error> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let users: i64 = tx.query_row("SELECT coalesce(max(id), 0) FROM users", [], |r| r.get(0))?;
+    if users == 0 || rng.below(5) == 0 {
+        tx.execute(
+            "INSERT INTO users (email, name) VALUES (?1, ?2)",
+            params![
+                format!("new{n}-{}@example.com", rng.next() % 100_000),
+                format!("New user {n}")
+            ],
+        )?;
+    }
+    let users: i64 = tx.query_row("SELECT max(id) FROM users", [], |r| r.get(0))?;
+    let payload_len = if rng.below(20) == 0 {
+        5000 + rng.below(10_000)
+    } else {
+        rng.below(200)
+    } as usize;
+    tx.execute(
+        "INSERT INTO jobs (user_id, state, payload, score, updated_at) VALUES (?1, 'queued', ?2, ?3, datetime('now'))",
+        params![1 + rng.below(users as u64) as i64, vec![(n % 256) as u8; payload_len], rng.below(1000) as f64 / 8.0],
+    )?;
+    let job = tx.last_insert_rowid();
+    let target = 1 + rng.below(job as u64) as i64;
+    let next = ["running", "done", "failed"][rng.below(3) as usize];
+    tx.execute(
+        "UPDATE jobs SET state = ?1, updated_at = datetime('now') WHERE id = ?2",
+        params![next, target],
+    )?;
+    tx.execute(
+        "INSERT INTO events (ts, kind, detail) VALUES (julianday('now'), ?1, ?2)",
+        params![next, format!("job {target}")],
+    )?;
+    if rng.below(10) == 0 {
+        tx.execute(
+            "DELETE FROM events WHERE rowid IN (SELECT rowid FROM events ORDER BY rowid LIMIT 3)",
+            [],
+        )?;
+    }
+    if rng.below(4) == 0 {
+        tx.execute(
+            "INSERT INTO settings (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![format!("k{}", rng.below(20)), format!("v{n}")],
+        )?;
+    }
+    if rng.below(50) == 0 {
+        tx.execute(
+            "UPDATE users SET active = NOT active WHERE id = ?1",
+            params![1 + rng.below(users as u64) as i64],
+        )?;
+    }
+    tx.commit()?;
+    Ok(job)
+}
