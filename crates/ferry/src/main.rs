@@ -11,6 +11,8 @@ mod cli;
 mod cmd;
 #[allow(dead_code)] // wired into `ferry run` (issue 5)
 mod config;
+#[allow(dead_code)] // wired into `ferry run` and `ferry cutover` (issue 5)
+mod control;
 // Wired into `ferry run` (issue 5); until then only its test uses it.
 #[allow(dead_code)]
 mod metrics;
