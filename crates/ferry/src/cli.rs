@@ -199,6 +199,10 @@ pub struct VerifyArgs {
     pub source: PathBuf,
     #[command(flatten)]
     pub target: TargetArgs,
+    /// State directory of a `ferry run` replicating this source: verify then compares at a
+    /// consistent position while the application writes.
+    #[arg(long, env = "FERRY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

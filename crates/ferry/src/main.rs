@@ -16,6 +16,8 @@ mod control;
 // Wired into `ferry run` (issue 5); until then only its test uses it.
 #[allow(dead_code)]
 mod metrics;
+#[allow(dead_code)] // used by `ferry run`, `status` and `demo`
+mod runfile;
 mod signals;
 #[allow(dead_code)] // wired into `ferry run` (issue 5)
 mod status;

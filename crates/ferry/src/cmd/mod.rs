@@ -1,5 +1,7 @@
 //! One module per subcommand; `dispatch` routes to them.
 
+#[allow(dead_code)] // dispatched once `ferry run` works (issue 5)
+pub mod demo;
 pub mod sample_app;
 
 use crate::cli::{Cli, Command, GlobalArgs, LogFormat, SampleAppArgs};
