@@ -1,0 +1,219 @@
+//! Reading a SQLite database through SQLite itself, for `verify`: every user table in key
+//! order, inside one read transaction (one consistent snapshot), with values exactly as
+//! SQLite's `SELECT` returns them — the oracle the shipper's conversions are checked against.
+//!
+//! The connection is read-only and sets `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`, so closing it
+//! can never checkpoint or remove the application's WAL.
+
+use ferry_core::{ROWID_COLUMN, Value};
+use rusqlite::types::ValueRef;
+use rusqlite::{Connection, OpenFlags, config::DbConfig};
+use std::path::Path;
+
+/// A table as verify needs it: columns and key, from SQLite's own `PRAGMA table_xinfo`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct VerifyTable {
+    pub name: String,
+    pub columns: Vec<String>,
+    pub decl_types: Vec<String>,
+    /// Column indexes of the key in key order; empty = keyed by rowid.
+    pub key: Vec<usize>,
+}
+
+impl VerifyTable {
+    pub fn key_names(&self) -> Vec<String> {
+        if self.key.is_empty() {
+            vec![ROWID_COLUMN.to_string()]
+        } else {
+            self.key.iter().map(|&i| self.columns[i].clone()).collect()
+        }
+    }
+}
+
+pub fn open_read_only(db: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, true)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    Ok(conn)
+}
+
+fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// The user tables (no `sqlite_*` internals except `sqlite_sequence`, no virtual tables or
+/// their shadow tables).
+pub fn tables(conn: &Connection) -> rusqlite::Result<Vec<VerifyTable>> {
+    let mut stmt = conn.prepare(
+        "SELECT name, sql FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name",
+    )?;
+    let rows: Vec<(String, Option<String>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<Result<_, _>>()?;
+    let virtual_tables: Vec<String> = rows
+        .iter()
+        .filter(|(_, sql)| {
+            sql.as_deref().is_some_and(|s| {
+                s.trim_start()
+                    .to_ascii_uppercase()
+                    .starts_with("CREATE VIRTUAL")
+            })
+        })
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut out = Vec::new();
+    for (name, _) in rows {
+        let shadow = virtual_tables
+            .iter()
+            .any(|v| name.starts_with(&format!("{v}_")));
+        if virtual_tables.contains(&name) || shadow {
+            continue;
+        }
+        let mut info = conn.prepare(&format!("PRAGMA table_xinfo({})", quote(&name)))?;
+        let mut columns = Vec::new();
+        let mut decl_types = Vec::new();
+        let mut pk: Vec<(i64, usize)> = Vec::new();
+        let cols = info.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(1)?,
+                r.get::<_, Option<String>>(2)?,
+                r.get::<_, i64>(5)?,
+                r.get::<_, i64>(6)?,
+            ))
+        })?;
+        for c in cols {
+            let (cname, ctype, pk_pos, hidden) = c?;
+            // hidden: 1 = virtual table hidden column, 2/3 = generated columns (still selectable).
+            if hidden == 1 {
+                continue;
+            }
+            if pk_pos > 0 {
+                pk.push((pk_pos, columns.len()));
+            }
+            columns.push(cname);
+            decl_types.push(ctype.unwrap_or_default());
+        }
+        pk.sort();
+        out.push(VerifyTable {
+            name,
+            columns,
+            decl_types,
+            key: pk.into_iter().map(|(_, i)| i).collect(),
+        });
+    }
+    Ok(out)
+}
+
+pub fn value_of(v: ValueRef<'_>) -> Value {
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(r) => Value::Real(r),
+        ValueRef::Text(b) => Value::Text(b.to_vec()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+/// Calls `f(key, row)` for every row of `t` in key order (SQLite's BINARY order, which
+/// PostgreSQL reproduces with `COLLATE "C"`).
+pub fn for_each_row(
+    conn: &Connection,
+    t: &VerifyTable,
+    mut f: impl FnMut(Vec<Value>, Vec<Value>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let cols: Vec<String> = t.columns.iter().map(|c| quote(c)).collect();
+    let (select, order) = if t.key.is_empty() {
+        (format!("rowid, {}", cols.join(", ")), "rowid".to_string())
+    } else {
+        (
+            cols.join(", "),
+            t.key
+                .iter()
+                .map(|&i| cols[i].clone())
+                .collect::<Vec<_>>()
+                .join(", "),
+        )
+    };
+    let sql = format!("SELECT {select} FROM {} ORDER BY {order}", quote(&t.name));
+    let mut stmt = conn.prepare(&sql)?;
+    let mut rows = stmt.query([])?;
+    let offset = usize::from(t.key.is_empty());
+    while let Some(r) = rows.next()? {
+        let values: Vec<Value> = (0..t.columns.len())
+            .map(|i| r.get_ref(i + offset).map(value_of))
+            .collect::<Result<_, _>>()?;
+        let key = if t.key.is_empty() {
+            vec![value_of(r.get_ref(0)?)]
+        } else {
+            t.key.iter().map(|&i| values[i].clone()).collect()
+        };
+        f(key, values)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tables_keys_and_order() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.db");
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch(
+            "CREATE TABLE u (id INTEGER PRIMARY KEY, name TEXT);
+             CREATE TABLE w (a TEXT, b INT, c REAL, PRIMARY KEY (c, a)) WITHOUT ROWID;
+             CREATE TABLE n (x, y);
+             CREATE TABLE s (id INTEGER PRIMARY KEY AUTOINCREMENT, v);
+             INSERT INTO u VALUES (2, 'b'), (1, 'a');
+             INSERT INTO w VALUES ('z', 1, 2.0), ('a', 2, 2.0), ('q', 3, 1.5);
+             INSERT INTO n VALUES (1, 2), (3, 4);
+             INSERT INTO s (v) VALUES (1);",
+        )
+        .unwrap();
+        drop(c);
+        let conn = open_read_only(&p).unwrap();
+        let ts = tables(&conn).unwrap();
+        let names: Vec<&str> = ts.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["n", "s", "u", "w"],
+            "sqlite_sequence is internal here"
+        );
+        let w = ts.iter().find(|t| t.name == "w").unwrap();
+        assert_eq!(w.key_names(), ["c", "a"]);
+        let n = ts.iter().find(|t| t.name == "n").unwrap();
+        assert_eq!(n.key_names(), [ROWID_COLUMN]);
+        let mut keys = Vec::new();
+        for_each_row(&conn, w, |k, _| {
+            keys.push(k);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            keys,
+            vec![
+                vec![Value::Real(1.5), Value::text("q")],
+                vec![Value::Real(2.0), Value::text("a")],
+                vec![Value::Real(2.0), Value::text("z")]
+            ]
+        );
+        let mut rows = Vec::new();
+        for_each_row(&conn, n, |k, r| {
+            rows.push((k, r));
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(
+            rows[1],
+            (
+                vec![Value::Integer(2)],
+                vec![Value::Integer(3), Value::Integer(4)]
+            )
+        );
+    }
+}
