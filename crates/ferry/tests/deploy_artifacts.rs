@@ -1,0 +1,685 @@
+//! Checks of the files in `deploy/` against the metric contract in `proto/metrics.md`.
+//!
+//! The dashboard and the alert rules are only as good as the names they query: a typo, a
+//! histogram queried by its family name (no such series: only `_bucket`/`_sum`/`_count`
+//! exist), or a counter without `_total` gives an empty panel or an alert that can never fire,
+//! and nothing else would notice. So:
+//!
+//! - every `ferry_…` name in the dashboard's PromQL, in the alert rules and in their promtool
+//!   tests is in the table of `proto/metrics.md` (histogram series reduced to their family);
+//! - the dashboard shows every documented metric, filters every per-source query by
+//!   `$source`, and applies `rate`/`increase` only to counters and `deriv`/`predict_linear`
+//!   only to gauges;
+//! - every dashboard expression parses as PromQL (`promtool check rules` on a generated rules
+//!   file), every alert has a promtool test that makes it fire, and the unit/config/manifest
+//!   files contain the settings the deployment notes promise.
+//!
+//! The extraction functions (`documented_metrics`, `dashboard_expressions`,
+//! `ferry_metric_names`, `metric_names_in_exposition`) are written to be reused by the live
+//! check: a scrape of a running `ferry run`'s `/metrics` must contain every name the dashboard
+//! and the alerts use, i.e. `used.is_subset(&metric_names_in_exposition(&scrape))`.
+//!
+//! The YAML files are checked structurally by promtool (scripts/test runs `promtool check
+//! rules` and `promtool test rules`); here they are read as text, on purpose without a YAML
+//! parser dependency.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Suffixes of the series a histogram family exposes.
+const HISTOGRAM_SERIES_SUFFIXES: [&str; 3] = ["_bucket", "_sum", "_count"];
+
+/// The metric kinds of the `type` column of `proto/metrics.md`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MetricKind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn read_repo_file(relative: &str) -> String {
+    let path = repo_root().join(relative);
+    std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// The metric names of the table in `proto/metrics.md` (as queried: counters with `_total`,
+/// histograms by family name), with their kind.
+pub fn documented_metrics(metrics_md: &str) -> BTreeMap<String, MetricKind> {
+    let mut names = BTreeMap::new();
+    for line in metrics_md.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        // "| `name` | type | labels | meaning |" splits into ["", name, type, labels, meaning, ""].
+        if cells.len() < 4 {
+            continue;
+        }
+        let Some(name) = cells[1]
+            .strip_prefix('`')
+            .and_then(|n| n.strip_suffix('`'))
+            .filter(|n| n.starts_with("ferry_"))
+        else {
+            continue;
+        };
+        let kind = if cells[2].starts_with("counter") {
+            MetricKind::Counter
+        } else if cells[2].starts_with("histogram") {
+            MetricKind::Histogram
+        } else if cells[2].starts_with("gauge") {
+            MetricKind::Gauge
+        } else {
+            panic!(
+                "proto/metrics.md: {name} has an unknown type {:?}",
+                cells[2]
+            );
+        };
+        names.insert(name.to_string(), kind);
+    }
+    names
+}
+
+/// Every PromQL expression of a Grafana dashboard: each string under an `expr` key anywhere in
+/// the document (panels, panels nested in collapsed rows, annotations), and the query of each
+/// query-type template variable.
+pub fn dashboard_expressions(dashboard: &serde_json::Value) -> Vec<String> {
+    fn walk(value: &serde_json::Value, out: &mut Vec<String>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (key, v) in map {
+                    match (key.as_str(), v) {
+                        ("expr", serde_json::Value::String(expr)) => out.push(expr.clone()),
+                        _ => walk(v, out),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(dashboard, &mut out);
+    for var in template_variables(dashboard) {
+        if var["type"] == "query"
+            && let Some(q) = var["query"]["query"].as_str().or(var["query"].as_str())
+        {
+            out.push(q.to_string());
+        }
+    }
+    out
+}
+
+/// Every `ferry_[a-z0-9_]+` token of a text, in order, with its byte offset.
+pub fn ferry_tokens(text: &str) -> Vec<(usize, &str)> {
+    let bytes = text.as_bytes();
+    let is_name_byte = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_';
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(found) = text[i..].find("ferry_") {
+        let start = i + found;
+        let mut end = start + "ferry_".len();
+        while end < bytes.len() && is_name_byte(bytes[end]) {
+            end += 1;
+        }
+        // `my_ferry_x` or `Xferry_` is not a ferry metric.
+        let preceded_by_name =
+            start > 0 && (bytes[start - 1].is_ascii_alphanumeric() || bytes[start - 1] == b'_');
+        if !preceded_by_name && end > start + "ferry_".len() {
+            out.push((start, &text[start..end]));
+        }
+        i = end;
+    }
+    out
+}
+
+/// A series name reduced to the name `proto/metrics.md` documents: histogram series lose their
+/// `_bucket`/`_sum`/`_count` suffix when the family is documented.
+pub fn documented_name<'a>(series: &'a str, documented: &BTreeMap<String, MetricKind>) -> &'a str {
+    if documented.contains_key(series) {
+        return series;
+    }
+    for suffix in HISTOGRAM_SERIES_SUFFIXES {
+        if let Some(family) = series.strip_suffix(suffix)
+            && documented.get(family) == Some(&MetricKind::Histogram)
+        {
+            return family;
+        }
+    }
+    series
+}
+
+/// The `ferry_…` metric names a text uses, histogram series reduced to their family.
+pub fn ferry_metric_names(
+    text: &str,
+    documented: &BTreeMap<String, MetricKind>,
+) -> BTreeSet<String> {
+    ferry_tokens(text)
+        .into_iter()
+        .map(|(_, t)| documented_name(t, documented).to_string())
+        .collect()
+}
+
+/// The metric names a Prometheus text / OpenMetrics exposition offers, spelled as
+/// `proto/metrics.md` spells them: read from the `# TYPE` lines (counters get `_total` where
+/// OpenMetrics leaves it off the family, `info` families get `_info`).
+pub fn metric_names_in_exposition(exposition: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in exposition.lines() {
+        let mut words = line.split_whitespace();
+        if (words.next(), words.next()) != (Some("#"), Some("TYPE")) {
+            continue;
+        }
+        let (Some(family), Some(kind)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let name = match kind {
+            "counter" if !family.ends_with("_total") => format!("{family}_total"),
+            "info" => format!("{family}_info"),
+            _ => family.to_string(),
+        };
+        names.insert(name);
+    }
+    names
+}
+
+fn template_variables(dashboard: &serde_json::Value) -> Vec<serde_json::Value> {
+    dashboard["templating"]["list"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// Every panel, rows' nested panels included.
+fn all_panels(dashboard: &serde_json::Value) -> Vec<&serde_json::Value> {
+    let mut out = Vec::new();
+    for panel in dashboard["panels"].as_array().into_iter().flatten() {
+        out.push(panel);
+        out.extend(panel["panels"].as_array().into_iter().flatten());
+    }
+    out
+}
+
+fn load_dashboard() -> serde_json::Value {
+    let text = read_repo_file("deploy/grafana/ferry.json");
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("deploy/grafana/ferry.json is not valid JSON: {e}"))
+}
+
+fn load_documented() -> BTreeMap<String, MetricKind> {
+    let documented = documented_metrics(&read_repo_file("proto/metrics.md"));
+    // Guards against a reformatted table silently making every check below vacuous.
+    assert!(
+        documented.len() >= 20
+            && documented.contains_key("ferry_replication_lag_seconds")
+            && documented.get("ferry_apply_batch_duration_seconds") == Some(&MetricKind::Histogram)
+            && documented.get("ferry_source_errors_total") == Some(&MetricKind::Counter),
+        "could not read the metric table of proto/metrics.md: got {documented:?}"
+    );
+    documented
+}
+
+/// Names used in `text` that the table does not document, with the text around each.
+fn undocumented_uses(text: &str, documented: &BTreeMap<String, MetricKind>) -> Vec<String> {
+    ferry_tokens(text)
+        .into_iter()
+        .filter(|(_, t)| !documented.contains_key(documented_name(t, documented)))
+        .map(|(at, t)| {
+            let line = text[..at].lines().count().max(1);
+            format!("{t} (line {line})")
+        })
+        .collect()
+}
+
+/// Names of histogram families used bare, where no series of that name exists.
+fn bare_histogram_uses(text: &str, documented: &BTreeMap<String, MetricKind>) -> Vec<String> {
+    ferry_tokens(text)
+        .into_iter()
+        .filter(|(_, t)| documented.get(*t) == Some(&MetricKind::Histogram))
+        .map(|(_, t)| t.to_string())
+        .collect()
+}
+
+/// Functions whose argument must be a counter (or a histogram's cumulative series), and
+/// functions whose argument must be a gauge.
+const COUNTER_FUNCTIONS: [&str; 3] = ["rate(", "irate(", "increase("];
+const GAUGE_FUNCTIONS: [&str; 3] = ["deriv(", "predict_linear(", "delta("];
+
+/// Function applications to the wrong kind of metric, e.g. `rate(ferry_log_bytes[5m])`.
+fn misapplied_functions(expr: &str, documented: &BTreeMap<String, MetricKind>) -> Vec<String> {
+    let mut problems = Vec::new();
+    for (at, token) in ferry_tokens(expr) {
+        // The innermost function applied to this selector: the last `name(` before it, with
+        // nothing but its own opening parenthesis in between.
+        let before = expr[..at].trim_end();
+        let Some(call) = before.strip_suffix('(') else {
+            continue;
+        };
+        let function = call
+            .rsplit(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .next()
+            .unwrap_or("");
+        let call = format!("{function}(");
+        let family = documented_name(token, documented);
+        let kind = documented.get(family);
+        let is_cumulative = kind == Some(&MetricKind::Counter)
+            || (kind == Some(&MetricKind::Histogram) && token != family);
+        if COUNTER_FUNCTIONS.contains(&call.as_str()) && !is_cumulative {
+            problems.push(format!("{call}{token}…) needs a counter: {expr}"));
+        }
+        if GAUGE_FUNCTIONS.contains(&call.as_str()) && kind != Some(&MetricKind::Gauge) {
+            problems.push(format!("{call}{token}…) needs a gauge: {expr}"));
+        }
+    }
+    problems
+}
+
+#[test]
+fn metric_table_is_read_with_kinds() {
+    let documented = load_documented();
+    assert_eq!(
+        documented.get("ferry_capture_lsn"),
+        Some(&MetricKind::Gauge)
+    );
+    assert_eq!(
+        documented.get("ferry_wal_lock_hold_seconds"),
+        Some(&MetricKind::Histogram)
+    );
+    assert_eq!(
+        documented.get("ferry_build_info"),
+        Some(&MetricKind::Gauge),
+        "build info is documented as a gauge (1)"
+    );
+    let counters: Vec<_> = documented
+        .iter()
+        .filter(|(_, k)| **k == MetricKind::Counter)
+        .map(|(n, _)| n)
+        .collect();
+    assert!(
+        counters.iter().all(|n| n.ends_with("_total")),
+        "every counter in proto/metrics.md ends in _total: {counters:?}"
+    );
+}
+
+#[test]
+fn extraction_reduces_histogram_series_and_skips_lookalikes() {
+    let documented = load_documented();
+    let expr = r#"histogram_quantile(0.99, sum by (le) (rate(ferry_apply_batch_duration_seconds_bucket{source=~"$source"}[5m])))
+        / my_ferry_thing + ferry_capture_lsn - ferry_shipped_lsn_count + ferry_"#;
+    let names = ferry_metric_names(expr, &documented);
+    assert_eq!(
+        names,
+        BTreeSet::from([
+            "ferry_apply_batch_duration_seconds".to_string(),
+            "ferry_capture_lsn".to_string(),
+            // a gauge has no _count series: left as is, so the membership check rejects it
+            "ferry_shipped_lsn_count".to_string(),
+        ])
+    );
+    assert_eq!(
+        undocumented_uses(expr, &documented),
+        vec!["ferry_shipped_lsn_count (line 2)".to_string()]
+    );
+    assert_eq!(
+        misapplied_functions("rate(ferry_log_bytes[5m]) + deriv(ferry_resyncs_total[1h])", &documented),
+        vec![
+            "rate(ferry_log_bytes…) needs a counter: rate(ferry_log_bytes[5m]) + deriv(ferry_resyncs_total[1h])".to_string(),
+            "deriv(ferry_resyncs_total…) needs a gauge: rate(ferry_log_bytes[5m]) + deriv(ferry_resyncs_total[1h])".to_string(),
+        ]
+    );
+}
+
+#[test]
+fn exposition_names_are_spelled_as_documented() {
+    // The shapes prometheus-client writes in OpenMetrics, and the 0.0.4 text format's counter.
+    let exposition = "\
+# HELP ferry_build Build information.
+# TYPE ferry_build info
+ferry_build_info{version=\"0.1.0\"} 1
+# HELP ferry_resyncs Resyncs.
+# TYPE ferry_resyncs counter
+ferry_resyncs_total{source=\"connect\"} 0
+# TYPE ferry_wal_resets_total counter
+ferry_wal_resets_total{source=\"connect\"} 3
+# TYPE ferry_apply_batch_duration_seconds histogram
+ferry_apply_batch_duration_seconds_sum{source=\"connect\"} 0.5
+ferry_apply_batch_duration_seconds_count{source=\"connect\"} 4
+ferry_apply_batch_duration_seconds_bucket{le=\"+Inf\",source=\"connect\"} 4
+# TYPE ferry_capture_lsn gauge
+ferry_capture_lsn{source=\"connect\"} 12
+# EOF
+";
+    assert_eq!(
+        metric_names_in_exposition(exposition),
+        BTreeSet::from(
+            [
+                "ferry_build_info",
+                "ferry_resyncs_total",
+                "ferry_wal_resets_total",
+                "ferry_apply_batch_duration_seconds",
+                "ferry_capture_lsn",
+            ]
+            .map(String::from)
+        )
+    );
+}
+
+#[test]
+fn dashboard_queries_only_documented_metrics() {
+    let documented = load_documented();
+    let dashboard = load_dashboard();
+    let exprs = dashboard_expressions(&dashboard);
+    assert!(
+        exprs.len() >= 20,
+        "expected the dashboard's PromQL expressions, found {}",
+        exprs.len()
+    );
+    let mut problems = Vec::new();
+    for expr in &exprs {
+        if ferry_tokens(expr).is_empty() {
+            problems.push(format!("queries no ferry metric: {expr}"));
+        }
+        for name in undocumented_uses(expr, &documented) {
+            problems.push(format!("not in proto/metrics.md: {name} in {expr}"));
+        }
+        for name in bare_histogram_uses(expr, &documented) {
+            problems.push(format!(
+                "{name} is a histogram: query its _bucket/_sum/_count series: {expr}"
+            ));
+        }
+        problems.extend(misapplied_functions(expr, &documented));
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn dashboard_shows_every_documented_metric() {
+    let documented = load_documented();
+    let used = ferry_metric_names(
+        &dashboard_expressions(&load_dashboard()).join("\n"),
+        &documented,
+    );
+    let missing: Vec<_> = documented.keys().filter(|n| !used.contains(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "metrics in proto/metrics.md without a panel in deploy/grafana/ferry.json: {missing:?}"
+    );
+}
+
+#[test]
+fn dashboard_variables_and_layout() {
+    let dashboard = load_dashboard();
+    let schema = dashboard["schemaVersion"].as_u64().unwrap_or(0);
+    assert!(schema >= 38, "schemaVersion {schema} < 38");
+    assert!(dashboard["uid"].as_str().is_some_and(|u| !u.is_empty()));
+
+    let vars = template_variables(&dashboard);
+    let var = |name: &str| {
+        vars.iter()
+            .find(|v| v["name"] == name)
+            .unwrap_or_else(|| panic!("no template variable ${name}"))
+    };
+    let ds = var("datasource");
+    assert_eq!(ds["type"], "datasource");
+    assert_eq!(ds["query"], "prometheus");
+    let source = var("source");
+    assert_eq!(source["type"], "query");
+    let query = source["query"]["query"]
+        .as_str()
+        .or(source["query"].as_str())
+        .unwrap_or("");
+    assert_eq!(query, "label_values(ferry_capture_lsn, source)");
+    assert_eq!(source["datasource"]["uid"], "${datasource}");
+
+    let panels = all_panels(&dashboard);
+    let mut ids = BTreeSet::new();
+    let mut cells: BTreeMap<(u64, u64), String> = BTreeMap::new();
+    for panel in &panels {
+        let title = panel["title"].as_str().unwrap_or("<untitled>");
+        let id = panel["id"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{title}: no id"));
+        assert!(ids.insert(id), "{title}: panel id {id} used twice");
+        let pos = &panel["gridPos"];
+        let [x, y, w, h] = ["x", "y", "w", "h"].map(|k| {
+            pos[k]
+                .as_u64()
+                .unwrap_or_else(|| panic!("{title}: gridPos.{k} missing"))
+        });
+        assert!(w > 0 && h > 0 && x + w <= 24, "{title}: gridPos {pos}");
+        for cx in x..x + w {
+            for cy in y..y + h {
+                if let Some(other) = cells.insert((cx, cy), title.to_string()) {
+                    panic!("panels {other:?} and {title:?} overlap at ({cx}, {cy})");
+                }
+            }
+        }
+        if panel["type"] == "row" {
+            continue;
+        }
+        assert_eq!(
+            panel["datasource"]["uid"], "${datasource}",
+            "{title}: use the $datasource variable"
+        );
+        let targets = panel["targets"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        assert!(!targets.is_empty(), "{title}: no queries");
+        let mut ref_ids = BTreeSet::new();
+        for target in targets {
+            let expr = target["expr"].as_str().unwrap_or("");
+            assert!(!expr.trim().is_empty(), "{title}: a query without expr");
+            assert!(
+                ref_ids.insert(target["refId"].as_str().unwrap_or("").to_string()),
+                "{title}: refIds must be distinct"
+            );
+        }
+    }
+    assert!(panels.len() >= 20, "only {} panels", panels.len());
+}
+
+#[test]
+fn dashboard_filters_every_per_source_query_by_source() {
+    let documented = load_documented();
+    let mut problems = Vec::new();
+    for expr in dashboard_expressions(&load_dashboard()) {
+        for (at, token) in ferry_tokens(&expr) {
+            // ferry_build_info has no source label; the variable's own query lists all sources.
+            if token == "ferry_build_info" || expr.starts_with("label_values(") {
+                continue;
+            }
+            let rest = &expr[at + token.len()..];
+            let matchers = rest
+                .strip_prefix('{')
+                .and_then(|r| r.split_once('}'))
+                .map(|(m, _)| m)
+                .unwrap_or("");
+            if !matchers.contains(r#"source=~"$source""#) {
+                problems.push(format!(
+                    "{} lacks source=~\"$source\": {expr}",
+                    documented_name(token, &documented)
+                ));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// Runs promtool, or says why it cannot. `FERRY_WITH_PROMTOOL=0` is the explicit opt-out that
+/// scripts/ensure-deps also honours; otherwise a missing promtool is a failure, not a skip.
+fn promtool(args: &[&str]) -> Option<std::process::Output> {
+    match Command::new("promtool").args(args).output() {
+        Ok(out) => Some(out),
+        Err(e) if std::env::var("FERRY_WITH_PROMTOOL").as_deref() == Ok("0") => {
+            eprintln!("promtool not run ({e}); FERRY_WITH_PROMTOOL=0");
+            None
+        }
+        Err(e) => panic!(
+            "promtool: {e}. Install it (apt-get install prometheus, or scripts/ensure-deps \
+             --tests), or set FERRY_WITH_PROMTOOL=0 to skip the PromQL checks"
+        ),
+    }
+}
+
+#[test]
+fn dashboard_queries_parse_as_promql() {
+    let exprs = dashboard_expressions(&load_dashboard());
+    let mut rules = String::from("groups:\n  - name: ferry-dashboard\n    rules:\n");
+    for (i, expr) in exprs.iter().enumerate() {
+        // Grafana's label_values(metric, label) asks the series API, not PromQL; check the
+        // equivalent query.
+        let expr = match expr
+            .strip_prefix("label_values(")
+            .and_then(|r| r.strip_suffix(')'))
+            .and_then(|r| r.rsplit_once(','))
+        {
+            Some((metric, label)) => format!("group by ({}) ({metric})", label.trim()),
+            None => expr.clone(),
+        };
+        // Grafana substitutes these before Prometheus sees the query.
+        let promql = expr
+            .replace("$__rate_interval", "5m")
+            .replace("$__interval", "1m")
+            .replace("$source", ".*");
+        assert!(
+            !promql.contains('$'),
+            "an unknown dashboard variable in {expr}"
+        );
+        rules.push_str(&format!(
+            "      - record: ferry_dashboard:expr{i}\n        expr: |\n          {promql}\n"
+        ));
+    }
+    let path =
+        std::env::temp_dir().join(format!("ferry-dashboard-rules-{}.yml", std::process::id()));
+    std::fs::write(&path, &rules).unwrap();
+    let out = promtool(&["check", "rules", path.to_str().unwrap()]);
+    std::fs::remove_file(&path).ok();
+    let Some(out) = out else { return };
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "promtool rejects a dashboard query:\n{stdout}{}\nrules:\n{rules}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{} rules found", exprs.len())),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn alert_rules_and_their_tests_use_only_documented_metrics() {
+    let documented = load_documented();
+    for file in [
+        "deploy/prometheus/ferry-alerts.yml",
+        "deploy/prometheus/tests/ferry-alerts.test.yml",
+    ] {
+        let text = read_repo_file(file);
+        let used = ferry_metric_names(&text, &documented);
+        assert!(used.len() >= 8, "{file}: only {used:?}");
+        let mut problems: Vec<String> = undocumented_uses(&text, &documented)
+            .into_iter()
+            .map(|u| format!("not in proto/metrics.md: {u}"))
+            .collect();
+        problems.extend(
+            bare_histogram_uses(&text, &documented)
+                .into_iter()
+                .map(|n| format!("{n} is a histogram: use its _bucket/_sum/_count series")),
+        );
+        // Every function call in these files sits on one line (runbook prose included).
+        for line in text.lines() {
+            problems.extend(misapplied_functions(line, &documented));
+        }
+        assert!(problems.is_empty(), "{file}:\n{}", problems.join("\n"));
+    }
+}
+
+/// The rules of the alert file: (name, the text of its rule block).
+fn alert_blocks(rules: &str) -> Vec<(String, String)> {
+    let mut blocks: Vec<(String, String)> = Vec::new();
+    for line in rules.lines() {
+        if let Some(name) = line.trim_start().strip_prefix("- alert:") {
+            blocks.push((name.trim().to_string(), String::new()));
+        } else if let Some((_, block)) = blocks.last_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    blocks
+}
+
+#[test]
+fn every_alert_has_severity_runbook_text_and_a_firing_test() {
+    let rules = read_repo_file("deploy/prometheus/ferry-alerts.yml");
+    let tests = read_repo_file("deploy/prometheus/tests/ferry-alerts.test.yml");
+    let blocks = alert_blocks(&rules);
+    let names: BTreeSet<&str> = blocks.iter().map(|(n, _)| n.as_str()).collect();
+    for required in [
+        "FerryReplicationLagHigh",
+        "FerryReplicationLagCritical",
+        "FerryShippingStalled",
+        "FerrySourceError",
+        "FerryWritesAfterCutover",
+        "FerryLogDiskGrowing",
+        "FerryArchiveStale",
+    ] {
+        assert!(names.contains(required), "no alert {required}: {names:?}");
+    }
+    let test_lines: Vec<&str> = tests.lines().map(str::trim).collect();
+    for (name, block) in &blocks {
+        assert!(
+            block.contains("severity: warning") || block.contains("severity: critical"),
+            "{name}: severity must be warning or critical"
+        );
+        assert!(block.contains("summary:"), "{name}: no summary");
+        assert!(
+            (block.contains("description:") && block.contains("{{ $labels.source }}"))
+                || name == "FerryDown",
+            "{name}: the description must name the source"
+        );
+        let fires = test_lines
+            .windows(2)
+            .any(|w| w[0] == format!("alertname: {name}") && w[1] == "exp_alerts:");
+        assert!(fires, "{name}: no promtool test expects it to fire");
+    }
+    let quiet = test_lines
+        .windows(2)
+        .filter(|w| w[0].starts_with("alertname: ") && w[1] == "exp_alerts: []")
+        .count();
+    assert!(
+        quiet >= blocks.len() / 2,
+        "too few not-firing cases: {quiet}"
+    );
+    assert!(
+        rules.contains("ferry_replication_lag_seconds > 30")
+            && rules.contains("increase(ferry_writes_after_cutover_total[5m]) > 0")
+            && rules.contains("ferry_source_up == 0"),
+        "the thresholds named in issue 6 are missing"
+    );
+}
+
+#[test]
+fn alert_rules_pass_promtool() {
+    let rules = repo_root().join("deploy/prometheus/ferry-alerts.yml");
+    let tests = repo_root().join("deploy/prometheus/tests/ferry-alerts.test.yml");
+    let Some(check) = promtool(&["check", "rules", rules.to_str().unwrap()]) else {
+        return;
+    };
+    assert!(
+        check.status.success(),
+        "promtool check rules:\n{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let Some(test) = promtool(&["test", "rules", tests.to_str().unwrap()]) else {
+        return;
+    };
+    assert!(
+        test.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
+    );
+}
