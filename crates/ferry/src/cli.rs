@@ -95,7 +95,6 @@ pub struct StateDirArg {
 }
 
 impl StateDirArg {
-    #[allow(dead_code)] // used by `ferry log` and `ferry status` as they land
     pub fn get(&self) -> anyhow::Result<PathBuf> {
         self.state_dir_pos
             .clone()

@@ -15,6 +15,7 @@ mod config;
 mod control;
 #[allow(dead_code)] // taken by the cutover (issue 5)
 mod fence;
+mod logview;
 // Wired into `ferry run` (issue 5); until then only its test uses it.
 #[allow(dead_code)]
 mod metrics;

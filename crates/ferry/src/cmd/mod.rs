@@ -2,7 +2,9 @@
 
 #[allow(dead_code)] // dispatched once `ferry run` works (issue 5)
 pub mod demo;
+pub mod log;
 pub mod sample_app;
+pub mod status;
 
 use crate::cli::{Cli, Command, GlobalArgs, LogFormat, SampleAppArgs};
 use anyhow::bail;
@@ -31,11 +33,12 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Capture(_) => not_built("capture", 3),
         Command::Ship(_) => not_built("ship", 4),
         Command::Snapshot(_) => not_built("snapshot", 4),
-        Command::Status(_) => not_built("status", 5),
+        Command::Status(a) => status::run(a),
         Command::Verify(_) => not_built("verify", 5),
         Command::Cutover(_) => not_built("cutover", 5),
         Command::Demo(_) => not_built("demo", 5),
-        Command::Log(_) => not_built("log", 2),
+        Command::Log(crate::cli::LogCommand::Inspect(a)) => log::inspect(a),
+        Command::Log(crate::cli::LogCommand::Verify(a)) => log::verify(a),
         Command::Backup(_) => not_built("backup", 7),
         Command::Restore(_) => not_built("restore", 7),
         Command::SampleApp(a) => run_sample_app(a),
