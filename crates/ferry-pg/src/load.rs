@@ -1,0 +1,312 @@
+//! The initial load's parallel COPY.
+//!
+//! One table is loaded in one transaction on one of `k` connections: `TRUNCATE` (create
+//! mode: the table is ferry's own and must be empty after a crash anyway), binary `COPY`
+//! straight into the table, `ferry.table_progress` set to `loaded`, commit. In `existing`
+//! mode, and for types that travel as text, the rows go through a staging table and are
+//! upserted by key, so rows the application inserted itself are replaced (and counted)
+//! rather than duplicated or failing the load.
+//!
+//! Memory is bounded: the reader hands each table's rows to its worker over a channel of
+//! at most `CHANNEL_CHUNKS` snapshot chunks, and at most `k` tables load at once; the
+//! reader waits for a free connection before it starts the next table. Tables arrive one
+//! after another (the snapshot's rows of a table are contiguous), so a table is complete
+//! when the next one starts.
+
+use crate::apply::{self, StagedSql};
+use crate::error::PgError;
+use crate::ident::quote_ident;
+use crate::mapping::TableMap;
+use crate::progress;
+use crate::shipper::{SnapshotChunk, TargetMode};
+use crate::target::PgTarget;
+use crate::types::{Datum, PgType};
+use ferry_core::Lsn;
+use postgres_types::ToSql;
+use std::collections::{BTreeMap, BTreeSet};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_postgres::Client;
+use tokio_postgres::binary_copy::BinaryCopyInWriter;
+
+const CHANNEL_CHUNKS: usize = 4;
+
+type WorkerResult = Result<(String, u64, u64), PgError>;
+
+pub(crate) struct Loader {
+    pool_tx: mpsc::Sender<Client>,
+    pool_rx: mpsc::Receiver<Client>,
+    current: Option<(String, mpsc::Sender<SnapshotChunk>)>,
+    handles: Vec<JoinHandle<WorkerResult>>,
+    started: BTreeSet<String>,
+    source_id: String,
+    mode: TargetMode,
+}
+
+pub(crate) struct LoadResult {
+    pub rows: BTreeMap<String, u64>,
+    pub notices: Vec<String>,
+}
+
+impl Loader {
+    pub async fn new(
+        target: &PgTarget,
+        connections: usize,
+        source_id: &str,
+        mode: TargetMode,
+        replica_role: bool,
+    ) -> Result<Loader, PgError> {
+        let (pool_tx, pool_rx) = mpsc::channel(connections);
+        for _ in 0..connections {
+            let client = target.connect().await?;
+            let mut setup = String::from("SET synchronous_commit = off;");
+            if replica_role {
+                setup.push_str("SET session_replication_role = replica;");
+            }
+            client
+                .batch_execute(&setup)
+                .await
+                .map_err(|e| PgError::pg("preparing a load connection", e))?;
+            pool_tx.send(client).await.map_err(|_| PgError::Table {
+                table: String::new(),
+                reason: "internal: load connection pool closed".into(),
+            })?;
+        }
+        Ok(Loader {
+            pool_tx,
+            pool_rx,
+            current: None,
+            handles: Vec::new(),
+            started: BTreeSet::new(),
+            source_id: source_id.to_string(),
+            mode,
+        })
+    }
+
+    /// Hands a chunk of a table's snapshot rows to that table's worker.
+    pub async fn send(
+        &mut self,
+        map: &TableMap,
+        rows: SnapshotChunk,
+        lsn: Lsn,
+    ) -> Result<(), PgError> {
+        let name = map.source.name.clone();
+        if self.current.as_ref().map(|(n, _)| n) != Some(&name) {
+            self.current = None;
+            if !self.started.insert(name.clone()) {
+                return Err(PgError::Record {
+                    lsn,
+                    reason: format!(
+                        "snapshot rows of table {name:?} resume after another table's rows; the snapshot's rows of a table must be contiguous"
+                    ),
+                });
+            }
+            self.check_finished().await?;
+            let client = self.pool_rx.recv().await.ok_or_else(|| PgError::Table {
+                table: name.clone(),
+                reason: "internal: load connection pool closed".into(),
+            })?;
+            let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+            let handle = tokio::spawn(load_table(
+                client,
+                map.clone(),
+                rx,
+                self.source_id.clone(),
+                self.mode,
+                self.pool_tx.clone(),
+                lsn,
+            ));
+            self.handles.push(handle);
+            self.current = Some((name.clone(), tx));
+        }
+        if let Some((_, tx)) = &self.current {
+            if tx.send(rows).await.is_err() {
+                // The worker stopped early: its error is the one to report.
+                self.current = None;
+                return match self.handles.pop() {
+                    Some(h) => match join(h).await {
+                        Err(e) => Err(e),
+                        Ok(_) => Err(PgError::Table {
+                            table: name,
+                            reason: "internal: the load worker stopped before its rows ended"
+                                .into(),
+                        }),
+                    },
+                    None => Ok(()),
+                };
+            }
+        }
+        Ok(())
+    }
+
+    async fn check_finished(&mut self) -> Result<(), PgError> {
+        let mut i = 0;
+        while i < self.handles.len() {
+            if self.handles[i].is_finished() {
+                let h = self.handles.remove(i);
+                join(h).await?;
+            } else {
+                i += 1;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn finish(mut self) -> Result<LoadResult, PgError> {
+        self.current = None;
+        let mut rows = BTreeMap::new();
+        let mut notices = Vec::new();
+        let mut first_err = None;
+        for h in self.handles.drain(..) {
+            match join(h).await {
+                Ok((table, n, replaced)) => {
+                    if replaced > 0 {
+                        notices.push(format!(
+                            "table {table:?}: {replaced} rows the application had already inserted in PostgreSQL were replaced by SQLite's rows with the same key"
+                        ));
+                    }
+                    rows.insert(table, n);
+                }
+                Err(e) => {
+                    if first_err.is_none() {
+                        first_err = Some(e);
+                    }
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(LoadResult { rows, notices }),
+        }
+    }
+}
+
+async fn join(h: JoinHandle<WorkerResult>) -> WorkerResult {
+    match h.await {
+        Ok(r) => r,
+        Err(e) => Err(PgError::Table {
+            table: String::new(),
+            reason: format!("internal: a load worker panicked: {e}"),
+        }),
+    }
+}
+
+async fn load_table(
+    mut client: Client,
+    map: TableMap,
+    rx: mpsc::Receiver<SnapshotChunk>,
+    source_id: String,
+    mode: TargetMode,
+    pool: mpsc::Sender<Client>,
+    lsn: Lsn,
+) -> WorkerResult {
+    let r = load_table_in(&mut client, &map, rx, &source_id, mode, lsn).await;
+    let _ = pool.send(client).await;
+    r.map(|(n, replaced)| (map.source.name.clone(), n, replaced))
+}
+
+async fn load_table_in(
+    client: &mut Client,
+    map: &TableMap,
+    mut rx: mpsc::Receiver<SnapshotChunk>,
+    source_id: &str,
+    mode: TargetMode,
+    lsn: Lsn,
+) -> Result<(u64, u64), PgError> {
+    let q = map.qualified();
+    let direct = (mode == TargetMode::Create || map.target_schema == "ferry")
+        && !map
+            .columns
+            .iter()
+            .any(|c| matches!(c.pg_type, PgType::Other(_)));
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| PgError::pg(format!("starting the load of {q}"), e))?;
+    let staged: Option<StagedSql> = (!direct).then(|| apply::staged_sql(map));
+    let sink = if direct {
+        tx.batch_execute(&format!("TRUNCATE {q}"))
+            .await
+            .map_err(|e| PgError::pg(format!("emptying {q} before loading it"), e))?;
+        let cols: Vec<String> = map.columns.iter().map(|c| quote_ident(&c.target)).collect();
+        tx.copy_in(&format!(
+            "COPY {q} ({}) FROM STDIN (FORMAT binary)",
+            cols.join(", ")
+        ))
+        .await
+        .map_err(|e| PgError::pg(format!("starting COPY into {q}"), e))?
+    } else {
+        let s = staged.as_ref().ok_or_else(|| PgError::Table {
+            table: map.source.name.clone(),
+            reason: "internal: no staging SQL".into(),
+        })?;
+        tx.batch_execute(&s.create_stage)
+            .await
+            .map_err(|e| PgError::pg(format!("creating the staging table for {q}"), e))?;
+        tx.copy_in(&s.copy)
+            .await
+            .map_err(|e| PgError::pg(format!("starting COPY into staging for {q}"), e))?
+    };
+    let types: Vec<_> = if direct {
+        map.columns.iter().map(|c| c.pg_type.wire_type()).collect()
+    } else {
+        staged.as_ref().map(|s| s.types.clone()).unwrap_or_default()
+    };
+    let writer = BinaryCopyInWriter::new(sink, &types);
+    let mut writer = std::pin::pin!(writer);
+    let mut n = 0u64;
+    while let Some(chunk) = rx.recv().await {
+        for row in chunk {
+            let key = map.source.key_of(&row.values, row.rowid);
+            let mut datums: Vec<Datum> =
+                apply::stage_row(map, &key, Some(&row.values), lsn_before(lsn))?;
+            if map.source.keyed_by_rowid() {
+                // The rowid column comes from the snapshot row, not a change key.
+                if let Some(pos) = map.key.first() {
+                    datums[pos + 1] = row.rowid.map_or(Datum::Null, Datum::Int8);
+                }
+            }
+            let slice = if direct { &datums[1..] } else { &datums[..] };
+            let refs: Vec<&(dyn ToSql + Sync)> =
+                slice.iter().map(|d| d as &(dyn ToSql + Sync)).collect();
+            writer
+                .as_mut()
+                .write(&refs)
+                .await
+                .map_err(|e| PgError::pg(format!("COPY into {q}"), e))?;
+            n += 1;
+        }
+    }
+    writer
+        .finish()
+        .await
+        .map_err(|e| PgError::pg(format!("finishing COPY into {q}"), e))?;
+    let mut replaced = 0u64;
+    if let Some(s) = &staged {
+        let existing: i64 = tx
+            .query_one(&s.count_existing, &[])
+            .await
+            .map_err(|e| PgError::pg(format!("counting existing rows of {q}"), e))?
+            .get(0);
+        replaced = u64::try_from(existing).unwrap_or(0);
+        tx.execute(&s.upsert, &[])
+            .await
+            .map_err(|e| PgError::pg(format!("loading rows into {q}"), e))?;
+    }
+    progress::set_table_loaded(
+        &tx,
+        source_id,
+        &map.source.name,
+        i64::try_from(n).unwrap_or(i64::MAX),
+        i64::try_from(replaced).unwrap_or(i64::MAX),
+    )
+    .await?;
+    tx.commit()
+        .await
+        .map_err(|e| PgError::pg(format!("committing the load of {q}"), e))?;
+    Ok((n, replaced))
+}
+
+fn lsn_before(lsn: Lsn) -> Lsn {
+    Lsn(lsn.0.saturating_sub(1))
+}

@@ -1,0 +1,1567 @@
+//! The shipper: initial load, then exactly-once streaming apply, resumed from
+//! `ferry.progress` after any failure.
+//!
+//! Order of operations and why:
+//! 1. Connect; try `session_replication_role = replica` (foreign-key triggers and user
+//!    triggers off while applying states the source already validated); a role that may not
+//!    set it applies with deferrable constraints instead. Create `ferry.progress` if missing.
+//! 2. Read `ferry.progress`. A different log id is refused. No row: the log's first record
+//!    decides — a `SnapshotBegin` starts the initial load, anything else streams from the
+//!    start (tables come from `CreateTable` schema changes).
+//! 3. Initial load (`create` mode): a first pass over the snapshot range profiles every
+//!    column and picks its type; one transaction creates the tables (with primary keys) and
+//!    the progress rows (`loading`); a second pass COPYs each table in its own transaction
+//!    on one of several connections and marks it `loaded` in that same transaction; at
+//!    `SnapshotEnd` one transaction adds UNIQUE constraints, indexes and foreign keys, moves
+//!    sequences and sets the source `streaming` at the snapshot's last LSN. A crash anywhere
+//!    reloads only tables not yet `loaded` (each table's load is one transaction, so an
+//!    unfinished table holds nothing). `existing` mode maps onto the application's tables
+//!    (every unmatched column reported before a row is copied) and upserts by key,
+//!    reconciling rows the application inserted itself.
+//! 4. Streaming: batches of whole source transactions (bounded by records, bytes and time;
+//!    a transaction with schema changes starts a batch of its own), folded to the net effect
+//!    and applied set-wise with the progress advance (compare-and-set on the previous LSN)
+//!    in ONE PostgreSQL transaction. On a unique or foreign-key violation the batch is
+//!    retried one source transaction at a time, and a single transaction that still
+//!    violates is applied by delete-then-insert.
+//! 5. Any transient failure (connection lost, server restarting, a COMMIT whose outcome is
+//!    unknown) drops the connection and restarts from step 1 with backoff: re-reading
+//!    `ferry.progress` is what resolves an unknown commit outcome — if the commit happened
+//!    the LSN says so and the batch is not applied again.
+
+use crate::apply::{self, ApplyCounts, Strategy, TableDelta};
+use crate::catalog;
+use crate::error::PgError;
+use crate::ident::{qualified, quote_ident};
+use crate::mapping::{self, IndexDef, MapNotice, MapOptions, TableMap};
+use crate::progress::{self, NewProgress, Progress, SourceState, TableState};
+use crate::source::RecordSource;
+use crate::status::{ShipStats, ShipStatus, ShipSummary, TableStatus};
+use crate::target::PgTarget;
+use crate::types::ColumnProfile;
+use ferry_core::{
+    Lsn, Record, SchemaChange, SchemaChangeKind, SnapshotBegin, SnapshotRow, TableSchema,
+    Transaction,
+};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+/// Where the tables come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetMode {
+    /// ferry creates the schema from SQLite's.
+    Create,
+    /// The application created its schema in PostgreSQL; ferry maps onto it.
+    Existing,
+}
+
+impl TargetMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetMode::Create => "create",
+            TargetMode::Existing => "existing",
+        }
+    }
+}
+
+/// Defaults for [`ShipOptions`].
+pub const DEFAULT_BATCH_MAX_RECORDS: usize = 10_000;
+pub const DEFAULT_BATCH_MAX_BYTES: usize = 16 << 20;
+pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(100);
+pub const DEFAULT_LOAD_CONNECTIONS: usize = 4;
+
+#[derive(Clone, Debug)]
+pub struct ShipOptions {
+    /// Target schema (default `public`).
+    pub schema: String,
+    pub table_prefix: String,
+    pub mode: TargetMode,
+    /// Keep SQLite's identifier case instead of lower-casing.
+    pub keep_case: bool,
+    /// Only these SQLite tables (empty: all). Case-insensitive.
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub batch_max_records: usize,
+    pub batch_max_bytes: usize,
+    pub batch_max_delay: Duration,
+    /// `table.column` → PostgreSQL type, overriding the mapping.
+    pub type_overrides: BTreeMap<String, String>,
+    /// The source's name; the key of its `ferry.progress` row.
+    pub source_id: String,
+    /// Connections used in parallel by the initial load.
+    pub load_connections: usize,
+    /// Profile the snapshot's values to pick column types (a second read of the snapshot).
+    pub profile_types: bool,
+    /// Try `session_replication_role = replica` when applying.
+    pub use_replica_role: bool,
+    /// Reconnect attempts in a row before giving up.
+    pub max_retries: u32,
+}
+
+impl Default for ShipOptions {
+    fn default() -> Self {
+        ShipOptions {
+            schema: "public".into(),
+            table_prefix: String::new(),
+            mode: TargetMode::Create,
+            keep_case: false,
+            include: vec![],
+            exclude: vec![],
+            batch_max_records: DEFAULT_BATCH_MAX_RECORDS,
+            batch_max_bytes: DEFAULT_BATCH_MAX_BYTES,
+            batch_max_delay: DEFAULT_BATCH_MAX_DELAY,
+            type_overrides: BTreeMap::new(),
+            source_id: "default".into(),
+            load_connections: DEFAULT_LOAD_CONNECTIONS,
+            profile_types: true,
+            use_replica_role: true,
+            max_retries: 30,
+        }
+    }
+}
+
+impl ShipOptions {
+    fn map_options(&self) -> MapOptions {
+        MapOptions {
+            schema: self.schema.clone(),
+            table_prefix: self.table_prefix.clone(),
+            keep_case: self.keep_case,
+            type_overrides: self.type_overrides.clone(),
+        }
+    }
+
+    /// Whether a SQLite table is shipped.
+    pub fn includes(&self, table: &str) -> bool {
+        if table.eq_ignore_ascii_case("sqlite_sequence") {
+            return true;
+        }
+        if TableSchema::is_internal_name(table) {
+            return false;
+        }
+        let m = |l: &Vec<String>| l.iter().any(|t| t.eq_ignore_ascii_case(table));
+        (self.include.is_empty() || m(&self.include)) && !m(&self.exclude)
+    }
+
+    /// Where a SQLite table lands: `sqlite_sequence` goes to the `ferry` schema (ferry keeps
+    /// it for sequences, it is not the application's).
+    fn target_of(&self, table: &str) -> (String, String) {
+        if table.eq_ignore_ascii_case("sqlite_sequence") {
+            (
+                "ferry".into(),
+                format!("sqlite_sequence_{}", self.source_id.to_lowercase()),
+            )
+        } else {
+            (
+                self.schema.clone(),
+                self.map_options().target_table_name(table),
+            )
+        }
+    }
+}
+
+/// Reads from a record source without stalling the runtime's other tasks.
+fn read_source(
+    source: &mut dyn RecordSource,
+    after: Lsn,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<(Lsn, Record)>, PgError> {
+    let r = match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => {
+            tokio::task::block_in_place(|| source.read_batch(after, max, wait))
+        }
+        _ => source.read_batch(after, max, wait),
+    }?;
+    let mut expect = after.next();
+    for (lsn, _) in &r {
+        if *lsn != expect {
+            return Err(PgError::LogGap {
+                expected: expect,
+                found: *lsn,
+            });
+        }
+        expect = lsn.next();
+    }
+    Ok(r)
+}
+
+/// Ships one source into PostgreSQL.
+pub struct Shipper {
+    target: PgTarget,
+    opts: ShipOptions,
+    client: Option<Client>,
+    replica_role: bool,
+    maps: BTreeMap<String, TableMap>,
+    order: Vec<String>,
+    applied: Lsn,
+    status: Arc<Mutex<ShipStatus>>,
+}
+
+const MAX_NOTICES: usize = 200;
+
+impl Shipper {
+    /// Connects (waiting for a starting server) and makes sure `ferry.progress` exists.
+    pub async fn new(target: PgTarget, opts: ShipOptions) -> Result<Shipper, PgError> {
+        let mut target = target;
+        target.set_application_name(&format!("ferry-ship:{}", opts.source_id));
+        let mut s = Shipper {
+            target,
+            opts,
+            client: None,
+            replica_role: false,
+            maps: BTreeMap::new(),
+            order: Vec::new(),
+            applied: Lsn::ZERO,
+            status: Arc::new(Mutex::new(ShipStatus {
+                phase: "starting".into(),
+                ..ShipStatus::default()
+            })),
+        };
+        s.connect().await?;
+        Ok(s)
+    }
+
+    /// A handle to the live status (updated after every commit).
+    pub fn status_handle(&self) -> Arc<Mutex<ShipStatus>> {
+        self.status.clone()
+    }
+
+    pub fn status(&self) -> ShipStatus {
+        self.status.lock().map(|s| s.clone()).unwrap_or_default()
+    }
+
+    /// The current table maps (source table → target), for verify and sequences.
+    pub fn table_maps(&self) -> Vec<TableMap> {
+        self.maps.values().cloned().collect()
+    }
+
+    fn update_status(&self, f: impl FnOnce(&mut ShipStatus)) {
+        if let Ok(mut s) = self.status.lock() {
+            f(&mut s);
+        }
+    }
+
+    fn notice(&self, n: impl Into<String>) {
+        let n = n.into();
+        tracing::warn!(source = %self.opts.source_id, "{n}");
+        self.update_status(|s| {
+            s.notices.push(n);
+            if s.notices.len() > MAX_NOTICES {
+                s.notices.remove(0);
+            }
+        });
+    }
+
+    fn map_notices(&self, notices: Vec<MapNotice>) {
+        for n in notices {
+            match n.column {
+                Some(c) => self.notice(format!(
+                    "table {:?}, column {:?}: {}",
+                    n.table, c, n.message
+                )),
+                None => self.notice(format!("table {:?}: {}", n.table, n.message)),
+            }
+        }
+    }
+
+    async fn connect(&mut self) -> Result<(), PgError> {
+        let mut client = self.target.connect().await?;
+        self.replica_role = false;
+        if self.opts.use_replica_role {
+            match client
+                .batch_execute("SET session_replication_role = replica")
+                .await
+            {
+                Ok(()) => self.replica_role = true,
+                Err(e) if e.code().map(|c| c.code()) == Some("42501") => {
+                    tracing::info!(
+                        "role may not set session_replication_role; applying with deferred constraints"
+                    );
+                }
+                Err(e) => return Err(PgError::pg("setting session_replication_role", e)),
+            }
+        }
+        progress::ensure_progress_tables(&mut client).await?;
+        self.client = Some(client);
+        let rr = self.replica_role;
+        self.update_status(|s| s.replica_role = rr);
+        Ok(())
+    }
+}
+
+fn client_of(client: &mut Option<Client>) -> Result<&mut Client, PgError> {
+    {
+        match client.as_mut() {
+            Some(c) => Ok(c),
+            None => Err(PgError::Table {
+                table: String::new(),
+                reason: "internal: no PostgreSQL connection".into(),
+            }),
+        }
+    }
+}
+
+impl Shipper {
+    /// Ships until `stop` becomes true. Transient failures are retried with backoff.
+    pub async fn run(
+        &mut self,
+        source: &mut dyn RecordSource,
+        stop: watch::Receiver<bool>,
+    ) -> Result<ShipSummary, PgError> {
+        self.run_loop(source, Some(stop), None).await
+    }
+
+    /// Ships until everything up to `end_lsn` is applied, then returns.
+    pub async fn run_until_caught_up(
+        &mut self,
+        source: &mut dyn RecordSource,
+        end_lsn: Lsn,
+    ) -> Result<ShipSummary, PgError> {
+        self.run_loop(source, None, Some(end_lsn)).await
+    }
+
+    async fn run_loop(
+        &mut self,
+        source: &mut dyn RecordSource,
+        stop: Option<watch::Receiver<bool>>,
+        end: Option<Lsn>,
+    ) -> Result<ShipSummary, PgError> {
+        let mut attempts = 0u32;
+        let mut delay = Duration::from_millis(100);
+        loop {
+            let before = self.applied;
+            let r = self.session(source, stop.as_ref(), end).await;
+            match r {
+                Ok(()) => {
+                    self.update_status(|s| s.phase = "stopped".into());
+                    let stats = self.status().stats;
+                    return Ok(ShipSummary {
+                        applied_lsn: self.applied,
+                        stats,
+                    });
+                }
+                Err(e) if e.is_transient() && attempts < self.opts.max_retries => {
+                    if self.applied > before {
+                        attempts = 0;
+                        delay = Duration::from_millis(100);
+                    }
+                    attempts += 1;
+                    tracing::warn!(source = %self.opts.source_id, attempt = attempts, "PostgreSQL failure, reconnecting: {e}");
+                    let msg = e.to_string();
+                    self.update_status(|s| {
+                        s.phase = "retrying".into();
+                        s.last_error = Some(msg);
+                        s.stats.reconnects += 1;
+                    });
+                    self.client = None;
+                    if stop.as_ref().is_some_and(|s| *s.borrow()) {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    self.update_status(|s| {
+                        s.phase = "failed".into();
+                        s.last_error = Some(msg);
+                    });
+                    if e.is_transient() {
+                        return Err(PgError::RetriesExhausted {
+                            attempts,
+                            last: Box::new(e),
+                        });
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// One connection's worth of work: (re)connect, resume from progress, load, stream.
+    async fn session(
+        &mut self,
+        source: &mut dyn RecordSource,
+        stop: Option<&watch::Receiver<bool>>,
+        end: Option<Lsn>,
+    ) -> Result<(), PgError> {
+        if self.client.is_none() {
+            self.connect().await?;
+        }
+        let source_id = self.opts.source_id.clone();
+        let log_id = source.log_id();
+        let progress = progress::read_progress(client_of(&mut self.client)?, &source_id).await?;
+        let progress = match progress {
+            Some(p) => {
+                if p.log_id != log_id {
+                    return Err(PgError::LogIdMismatch {
+                        source_id,
+                        recorded: p.log_id,
+                        found: log_id,
+                    });
+                }
+                p
+            }
+            None => {
+                let first = read_source(source, Lsn::ZERO, 1, Duration::from_millis(0));
+                // The log may begin after LSN 1 (retention); accept where it begins.
+                let first = match first {
+                    Err(PgError::LogGap { found, .. }) => {
+                        let r = source.read_batch(Lsn(found.0 - 1), 1, Duration::ZERO)?;
+                        r
+                    }
+                    other => other?,
+                };
+                let Some((lsn, rec)) = first.into_iter().next() else {
+                    if end.is_some_and(|e| e == Lsn::ZERO) {
+                        return Ok(());
+                    }
+                    // Nothing logged yet: wait for the first record.
+                    let waited = read_source(source, Lsn::ZERO, 1, Duration::from_millis(500))?;
+                    if waited.is_empty() {
+                        return self.idle_until_stop(stop).await;
+                    }
+                    return Box::pin(self.session(source, stop, end)).await;
+                };
+                self.begin_source(source, lsn, &rec, &log_id).await?
+            }
+        };
+        self.applied = progress.lsn;
+        let applied = self.applied;
+        self.update_status(|s| {
+            s.applied_lsn = applied;
+            s.stats.applied_lsn = applied;
+        });
+        self.load_maps(&progress).await?;
+        if progress.state == SourceState::Loading {
+            self.update_status(|s| s.phase = "loading".into());
+            self.load_snapshot(source, &progress).await?;
+        }
+        self.update_status(|s| s.phase = "streaming".into());
+        self.stream(source, stop, end).await
+    }
+
+    async fn idle_until_stop(&self, stop: Option<&watch::Receiver<bool>>) -> Result<(), PgError> {
+        match stop {
+            Some(s) if *s.borrow() => Ok(()),
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates the progress rows (and in create mode, the tables) for a new source.
+    async fn begin_source(
+        &mut self,
+        source: &mut dyn RecordSource,
+        first_lsn: Lsn,
+        first: &Record,
+        log_id: &str,
+    ) -> Result<Progress, PgError> {
+        let source_id = self.opts.source_id.clone();
+        let mode = self.opts.mode;
+        match first {
+            Record::SnapshotBegin(begin) => {
+                let (end_lsn, profiles) = self.profile_snapshot(source, first_lsn, begin).await?;
+                let mut notices = Vec::new();
+                let mut maps = BTreeMap::new();
+                let mut problems = Vec::new();
+                for t in &begin.tables {
+                    if !self.opts.includes(&t.name) {
+                        continue;
+                    }
+                    let (tschema, tname) = self.opts.target_of(&t.name);
+                    let is_seq = t.name.eq_ignore_ascii_case("sqlite_sequence");
+                    let map = if mode == TargetMode::Create || is_seq {
+                        mapping::create_mode_map(
+                            t,
+                            profiles.get(&t.name).map(Vec::as_slice),
+                            &self.opts.map_options(),
+                            &tschema,
+                            &tname,
+                            &mut notices,
+                        )
+                    } else {
+                        let found =
+                            catalog::find_table(client_of(&mut self.client)?, &tschema, &tname)
+                                .await?;
+                        let Some(ct) = found else {
+                            problems.push(format!(
+                                "SQLite table {:?} has no table {tschema}.{tname} in PostgreSQL",
+                                t.name
+                            ));
+                            continue;
+                        };
+                        match catalog::map_onto(t, &ct, self.opts.keep_case, &mut problems) {
+                            Some(m) => m,
+                            None => continue,
+                        }
+                    };
+                    maps.insert(t.name.clone(), map);
+                }
+                if !problems.is_empty() {
+                    return Err(PgError::SchemaMismatch { problems });
+                }
+                check_name_collisions(&maps)?;
+                let client = client_of(&mut self.client)?;
+                let tx = client
+                    .transaction()
+                    .await
+                    .map_err(|e| PgError::pg("starting the schema transaction", e))?;
+                if mode == TargetMode::Create {
+                    tx.batch_execute(&format!(
+                        "CREATE SCHEMA IF NOT EXISTS {}",
+                        quote_ident(&self.opts.schema)
+                    ))
+                    .await
+                    .map_err(|e| PgError::pg("creating the target schema", e))?;
+                }
+                for map in maps.values() {
+                    if mode == TargetMode::Create || map.target_schema == "ferry" {
+                        let sql = mapping::create_table_sql(map, &mut notices);
+                        tx.batch_execute(&sql).await.map_err(|e| {
+                            PgError::pg(format!("creating table {}", map.qualified()), e)
+                        })?;
+                    }
+                }
+                progress::insert_progress(
+                    &tx,
+                    &NewProgress {
+                        source_id: &source_id,
+                        log_id,
+                        lsn: Lsn(first_lsn.0 - 1),
+                        state: SourceState::Loading,
+                        snapshot_begin_lsn: Some(first_lsn),
+                        snapshot_end_lsn: Some(end_lsn),
+                        target_schema: &self.opts.schema,
+                        table_prefix: &self.opts.table_prefix,
+                        mode: mode.as_str(),
+                    },
+                )
+                .await?;
+                for map in maps.values() {
+                    progress::upsert_table(
+                        &tx,
+                        &source_id,
+                        &map.source.name,
+                        &map.target_schema,
+                        &map.target_table,
+                        TableState::Loading,
+                        &map.source,
+                    )
+                    .await?;
+                }
+                tx.commit()
+                    .await
+                    .map_err(|e| PgError::pg("committing the schema transaction", e))?;
+                self.map_notices(notices);
+            }
+            _ => {
+                let client = client_of(&mut self.client)?;
+                progress::insert_progress(
+                    &*client,
+                    &NewProgress {
+                        source_id: &source_id,
+                        log_id,
+                        lsn: Lsn(first_lsn.0 - 1),
+                        state: SourceState::Streaming,
+                        snapshot_begin_lsn: None,
+                        snapshot_end_lsn: None,
+                        target_schema: &self.opts.schema,
+                        table_prefix: &self.opts.table_prefix,
+                        mode: mode.as_str(),
+                    },
+                )
+                .await?;
+            }
+        }
+        progress::read_progress(client_of(&mut self.client)?, &source_id)
+            .await?
+            .ok_or_else(|| PgError::Table {
+                table: String::new(),
+                reason: "ferry.progress row vanished after it was created".into(),
+            })
+    }
+
+    /// First pass over the snapshot: the LSN of its end and, in create mode, what every
+    /// column holds.
+    async fn profile_snapshot(
+        &mut self,
+        source: &mut dyn RecordSource,
+        begin_lsn: Lsn,
+        begin: &SnapshotBegin,
+    ) -> Result<(Lsn, BTreeMap<String, Vec<ColumnProfile>>), PgError> {
+        let profile = self.opts.mode == TargetMode::Create && self.opts.profile_types;
+        let mut profiles: BTreeMap<String, Vec<ColumnProfile>> = BTreeMap::new();
+        if profile {
+            for t in &begin.tables {
+                profiles.insert(
+                    t.name.clone(),
+                    t.columns.iter().map(ColumnProfile::new).collect(),
+                );
+            }
+        }
+        let schemas: BTreeMap<&str, &TableSchema> =
+            begin.tables.iter().map(|t| (t.name.as_str(), t)).collect();
+        let mut after = begin_lsn;
+        loop {
+            let recs = read_source(source, after, 1024, Duration::from_secs(1))?;
+            if recs.is_empty() {
+                return Err(PgError::Record {
+                    lsn: after.next(),
+                    reason: "the snapshot has no SnapshotEnd yet (the capture is still writing it, or the log ends inside it); start ferry ship once the snapshot is complete".into(),
+                });
+            }
+            for (lsn, rec) in recs {
+                after = lsn;
+                match rec {
+                    Record::SnapshotRows(rows) if profile => {
+                        let (Some(p), Some(schema)) = (
+                            profiles.get_mut(&rows.table),
+                            schemas.get(rows.table.as_str()),
+                        ) else {
+                            continue;
+                        };
+                        for r in &rows.rows {
+                            for (i, prof) in p.iter_mut().enumerate() {
+                                let v = r.values.get(i).cloned().unwrap_or_else(|| {
+                                    schema.columns[i]
+                                        .default_value
+                                        .clone()
+                                        .unwrap_or(ferry_core::Value::Null)
+                                });
+                                prof.observe(&v, schema.columns[i].affinity);
+                            }
+                        }
+                    }
+                    Record::SnapshotEnd(_) => return Ok((lsn, profiles)),
+                    Record::SnapshotRows(_) => {}
+                    other => {
+                        return Err(PgError::Record {
+                            lsn,
+                            reason: format!(
+                                "a {} record inside the snapshot range",
+                                other.type_name()
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    /// Builds the table maps from `ferry.table_progress` (the SQLite schemas) and the
+    /// catalog (the PostgreSQL types).
+    async fn load_maps(&mut self, progress: &Progress) -> Result<(), PgError> {
+        let _ = progress;
+        let tables =
+            progress::read_table_progress(client_of(&mut self.client)?, &self.opts.source_id)
+                .await?;
+        let mut maps = BTreeMap::new();
+        let mut problems = Vec::new();
+        let mut statuses = Vec::new();
+        for t in tables {
+            let ct = catalog::find_table(
+                client_of(&mut self.client)?,
+                &t.target_schema,
+                &t.target_table,
+            )
+            .await?;
+            let Some(ct) = ct else {
+                problems.push(format!(
+                    "table {}.{} (of SQLite table {:?}) is missing in PostgreSQL",
+                    t.target_schema, t.target_table, t.source_table
+                ));
+                continue;
+            };
+            if let Some(m) =
+                catalog::map_onto(&t.source_schema, &ct, self.opts.keep_case, &mut problems)
+            {
+                statuses.push(TableStatus {
+                    source_table: t.source_table.clone(),
+                    target: m.qualified(),
+                    state: t.state,
+                    rows_loaded: u64::try_from(t.rows_loaded).unwrap_or(0),
+                });
+                maps.insert(t.source_table.clone(), m);
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PgError::SchemaMismatch { problems });
+        }
+        self.order = mapping::parents_first(&maps);
+        self.maps = maps;
+        self.update_status(|s| s.tables = statuses);
+        Ok(())
+    }
+
+    /// Second pass over the snapshot: COPY the rows of every table not yet loaded, tables in
+    /// parallel; then finish (constraints, indexes, sequences, state `streaming`).
+    async fn load_snapshot(
+        &mut self,
+        source: &mut dyn RecordSource,
+        progress: &Progress,
+    ) -> Result<(), PgError> {
+        let (Some(begin), Some(end)) = (progress.snapshot_begin_lsn, progress.snapshot_end_lsn)
+        else {
+            return Err(PgError::Record {
+                lsn: progress.lsn,
+                reason: "ferry.progress says loading but records no snapshot range".into(),
+            });
+        };
+        let states: BTreeMap<String, TableState> =
+            progress::read_table_progress(client_of(&mut self.client)?, &self.opts.source_id)
+                .await?
+                .into_iter()
+                .map(|t| (t.source_table, t.state))
+                .collect();
+        let load = crate::load::Loader::new(
+            &self.target,
+            self.opts.load_connections.max(1),
+            &self.opts.source_id,
+            self.opts.mode,
+            self.replica_role,
+        )
+        .await?;
+        let mut load = load;
+        let mut after = begin;
+        let mut begin_record: Option<SnapshotBegin> = None;
+        let mut row_counts: Vec<(String, u64)> = Vec::new();
+        if after == begin {
+            // Re-read the SnapshotBegin itself for its index definitions.
+            let r = read_source(source, Lsn(begin.0 - 1), 1, Duration::from_secs(1))?;
+            if let Some((_, Record::SnapshotBegin(b))) = r.into_iter().next() {
+                begin_record = Some(b);
+            }
+        }
+        while after < end {
+            let recs = read_source(
+                source,
+                after,
+                (end.0 - after.0).min(256) as usize,
+                Duration::from_secs(1),
+            )?;
+            if recs.is_empty() {
+                return Err(PgError::Record {
+                    lsn: after.next(),
+                    reason: "the log ended inside the snapshot range it had before".into(),
+                });
+            }
+            for (lsn, rec) in recs {
+                after = lsn;
+                match rec {
+                    Record::SnapshotRows(rows) => {
+                        let Some(map) = self.maps.get(&rows.table) else {
+                            continue;
+                        };
+                        if states.get(&rows.table) != Some(&TableState::Loading) {
+                            continue;
+                        }
+                        load.send(map, rows.rows, lsn).await?;
+                    }
+                    Record::SnapshotEnd(e) => row_counts = e.row_counts,
+                    _ => {}
+                }
+            }
+        }
+        let loaded = load.finish().await?;
+        for (table, n) in &loaded.rows {
+            if let Some((_, expected)) = row_counts.iter().find(|(t, _)| t == table) {
+                if expected != n {
+                    return Err(PgError::Table {
+                        table: table.clone(),
+                        reason: format!(
+                            "the snapshot says {expected} rows but {n} were read from the log; the log's snapshot is incomplete"
+                        ),
+                    });
+                }
+            }
+        }
+        for n in loaded.notices {
+            self.notice(n);
+        }
+        let total: u64 = loaded.rows.values().sum();
+        self.update_status(|s| s.stats.rows_loaded += total);
+        self.finish_load(begin_record.as_ref(), end).await
+    }
+
+    /// After the data: constraints and indexes (create mode), sequences, state streaming.
+    async fn finish_load(
+        &mut self,
+        begin: Option<&SnapshotBegin>,
+        end: Lsn,
+    ) -> Result<(), PgError> {
+        let mut notices = Vec::new();
+        let create = self.opts.mode == TargetMode::Create;
+        let indexes: Vec<IndexDef> = begin
+            .map(|b| {
+                b.schema_rows
+                    .iter()
+                    .filter(|r| r.kind == "index")
+                    .filter_map(|r| {
+                        let sql = r.sql.as_deref()?;
+                        match mapping::parse_index(sql) {
+                            Ok(i) => Some(i),
+                            Err(why) => {
+                                notices.push(MapNotice {
+                                    table: r.tbl_name.clone(),
+                                    column: None,
+                                    message: format!("index {:?} not created: {why}", r.name),
+                                });
+                                None
+                            }
+                        }
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let maps = self.maps.clone();
+        let source_id = self.opts.source_id.clone();
+        let applied = self.applied;
+        let client = client_of(&mut self.client)?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| PgError::pg("starting the post-load transaction", e))?;
+        if create {
+            for map in maps.values() {
+                if map.target_schema == "ferry" {
+                    continue;
+                }
+                let idx: Vec<IndexDef> = indexes
+                    .iter()
+                    .filter(|i| i.table.eq_ignore_ascii_case(&map.source.name))
+                    .cloned()
+                    .collect();
+                for stmt in mapping::post_load_statements(map, &idx, &maps, &mut notices) {
+                    tx.batch_execute("SAVEPOINT ferry_ddl")
+                        .await
+                        .map_err(|e| PgError::pg("savepoint", e))?;
+                    match tx.batch_execute(&stmt).await {
+                        Ok(()) => {}
+                        Err(e)
+                            if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) =>
+                        {
+                            notices.push(MapNotice {
+                                table: map.source.name.clone(),
+                                column: None,
+                                message: format!(
+                                    "could not run `{stmt}`: {}; skipped",
+                                    e.as_db_error()
+                                        .map(|d| d.message().to_string())
+                                        .unwrap_or_default()
+                                ),
+                            });
+                            tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
+                                .await
+                                .map_err(|e| PgError::pg("rollback to savepoint", e))?;
+                        }
+                        Err(e) => return Err(PgError::pg(format!("running `{stmt}`"), e)),
+                    }
+                }
+            }
+        }
+        let seq_map = maps
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("sqlite_sequence"))
+            .map(|(_, v)| v.clone());
+        let user_maps: Vec<TableMap> = maps
+            .values()
+            .filter(|m| m.target_schema != "ferry")
+            .cloned()
+            .collect();
+        crate::sequences::advance_sequences(&tx, &user_maps, seq_map.as_ref()).await?;
+        progress::set_all_tables_streaming(&tx, &source_id).await?;
+        progress::set_state(&tx, &source_id, SourceState::Streaming).await?;
+        progress::advance(&tx, &source_id, applied, end, "", None).await?;
+        tx.commit()
+            .await
+            .map_err(|e| PgError::pg("committing the end of the initial load", e))?;
+        self.applied = end;
+        self.map_notices(notices);
+        self.update_status(|s| {
+            s.applied_lsn = end;
+            s.stats.applied_lsn = end;
+            for t in &mut s.tables {
+                t.state = TableState::Streaming;
+            }
+        });
+        Ok(())
+    }
+
+    /// Streams batches until stopped or caught up with `end`.
+    async fn stream(
+        &mut self,
+        source: &mut dyn RecordSource,
+        stop: Option<&watch::Receiver<bool>>,
+        end: Option<Lsn>,
+    ) -> Result<(), PgError> {
+        let mut pending: VecDeque<(Lsn, Record)> = VecDeque::new();
+        loop {
+            if stop.is_some_and(|s| *s.borrow()) {
+                return Ok(());
+            }
+            if end.is_some_and(|e| self.applied >= e) {
+                return Ok(());
+            }
+            let started = Instant::now();
+            let mut batch: Vec<(Lsn, Record)> = Vec::new();
+            let mut bytes = 0usize;
+            let mut last = self.applied;
+            loop {
+                if pending.is_empty() {
+                    let remaining = if batch.is_empty() {
+                        Duration::from_millis(200)
+                    } else {
+                        self.opts.batch_max_delay.saturating_sub(started.elapsed())
+                    };
+                    let want = self
+                        .opts
+                        .batch_max_records
+                        .saturating_sub(batch.len())
+                        .max(1);
+                    let recs = read_source(source, last, want, remaining)?;
+                    if recs.is_empty() {
+                        if batch.is_empty() {
+                            if stop.is_some_and(|s| *s.borrow()) {
+                                return Ok(());
+                            }
+                            if end.is_some_and(|e| self.applied >= e) {
+                                return Ok(());
+                            }
+                            if end.is_some() && stop.is_none() {
+                                continue;
+                            }
+                            continue;
+                        }
+                        break;
+                    }
+                    pending.extend(recs);
+                }
+                let Some((lsn, rec)) = pending.pop_front() else {
+                    break;
+                };
+                let schema_txn =
+                    matches!(&rec, Record::Transaction(t) if !t.schema_changes.is_empty());
+                if (schema_txn || matches!(rec, Record::SnapshotBegin(_))) && !batch.is_empty() {
+                    pending.push_front((lsn, rec));
+                    break;
+                }
+                if let Record::SnapshotBegin(_) = rec {
+                    return Err(PgError::Record {
+                        lsn,
+                        reason: "a second snapshot in the log (a re-snapshot of the source); ferry ship does not reload a streaming target: drop the target tables and ferry.progress rows for this source and ship again".into(),
+                    });
+                }
+                bytes += record_size(&rec);
+                last = lsn;
+                batch.push((lsn, rec));
+                if batch.len() >= self.opts.batch_max_records
+                    || bytes >= self.opts.batch_max_bytes
+                    || started.elapsed() >= self.opts.batch_max_delay
+                    || end.is_some_and(|e| last >= e)
+                {
+                    break;
+                }
+            }
+            if batch.is_empty() {
+                continue;
+            }
+            self.apply_batch(batch, bytes).await?;
+        }
+    }
+
+    /// Applies one batch; on a constraint violation, one source transaction at a time.
+    async fn apply_batch(
+        &mut self,
+        batch: Vec<(Lsn, Record)>,
+        bytes: usize,
+    ) -> Result<(), PgError> {
+        let started = Instant::now();
+        let n = batch.len();
+        let result = self.apply_in_tx(&batch, Strategy::Upsert).await;
+        let counts = match result {
+            Ok(c) => c,
+            Err(e) if is_constraint(&e) => {
+                self.update_status(|s| s.stats.batches_split += 1);
+                let mut total = ApplyCounts::default();
+                for one in batch.chunks(1) {
+                    let c = match self.apply_in_tx(one, Strategy::Upsert).await {
+                        Ok(c) => c,
+                        Err(e) if is_constraint(&e) => {
+                            self.apply_in_tx(one, Strategy::DeleteInsert).await?
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    total.upserted += c.upserted;
+                    total.deleted += c.deleted;
+                }
+                total
+            }
+            Err(e) => return Err(e),
+        };
+        let elapsed = started.elapsed();
+        let changes: u64 = batch
+            .iter()
+            .map(|(_, r)| match r {
+                Record::Transaction(t) => t.changes.len() as u64,
+                _ => 0,
+            })
+            .sum();
+        let captured = batch.iter().rev().find_map(|(_, r)| r.captured_at());
+        let applied = self.applied;
+        self.update_status(|s| {
+            s.applied_lsn = applied;
+            s.last_error = None;
+            s.phase = "streaming".into();
+            let st: &mut ShipStats = &mut s.stats;
+            st.applied_lsn = applied;
+            st.rows_upserted += counts.upserted;
+            st.rows_deleted += counts.deleted;
+            st.changes_read += changes;
+            st.records_applied += n as u64;
+            st.batches += 1;
+            st.last_batch_records = n as u64;
+            st.last_batch_bytes = bytes as u64;
+            st.last_batch_duration = elapsed;
+            st.total_apply_time += elapsed;
+            if captured.is_some() {
+                st.applied_captured_at = captured;
+            }
+            st.applied_at = Some(ferry_core::now_micros());
+        });
+        Ok(())
+    }
+
+    /// One PostgreSQL transaction: schema changes of the first record, the folded row
+    /// changes, the cutover mark, the progress advance.
+    async fn apply_in_tx(
+        &mut self,
+        batch: &[(Lsn, Record)],
+        strategy: Strategy,
+    ) -> Result<ApplyCounts, PgError> {
+        let Some(last) = batch.last().map(|(l, _)| *l) else {
+            return Ok(ApplyCounts::default());
+        };
+        let applied = self.applied;
+        let source_id = self.opts.source_id.clone();
+        let opts = self.opts.clone();
+        let mut maps = self.maps.clone();
+        let mut notices: Vec<String> = Vec::new();
+        let txns: Vec<&Transaction> = batch
+            .iter()
+            .filter_map(|(_, r)| match r {
+                Record::Transaction(t) => Some(t),
+                _ => None,
+            })
+            .collect();
+        let position = batch
+            .iter()
+            .rev()
+            .find_map(|(_, r)| r.position())
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        let captured = batch.iter().rev().find_map(|(_, r)| r.captured_at());
+        let cutover = batch.iter().find_map(|(_, r)| match r {
+            Record::Cutover(c) => Some(c.at),
+            _ => None,
+        });
+        let client = self.client.as_mut().ok_or_else(|| PgError::Table {
+            table: String::new(),
+            reason: "internal: no PostgreSQL connection".into(),
+        })?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| PgError::pg("starting an apply transaction", e))?;
+        let mut schema_changed = false;
+        if let Some(first) = txns.first() {
+            for sc in &first.schema_changes {
+                schema_changed |=
+                    apply_schema_change(&tx, sc, &mut maps, &opts, &mut notices).await?;
+            }
+        }
+        let order = if schema_changed {
+            mapping::parents_first(&maps)
+        } else {
+            self.order.clone()
+        };
+        let mut deltas: BTreeMap<String, TableDelta> = apply::fold_changes(
+            txns.iter()
+                .flat_map(|t| t.changes.iter())
+                .filter(|c| opts.includes(&c.table)),
+        );
+        for table in deltas.keys() {
+            if !maps.contains_key(table) {
+                return Err(PgError::Table {
+                    table: table.clone(),
+                    reason: format!(
+                        "the log changes rows of a table ferry does not know (no schema for it at LSN {last}); exclude the table or recreate the target"
+                    ),
+                });
+            }
+        }
+        deltas.retain(|_, d| !d.is_empty());
+        let counts = apply::apply_deltas(&tx, &maps, &order, &deltas, strategy, applied).await?;
+        if let Some(at) = cutover {
+            progress::set_cutover(&tx, &source_id, at).await?;
+        }
+        progress::advance(&tx, &source_id, applied, last, &position, captured).await?;
+        tx.commit()
+            .await
+            .map_err(|e| PgError::pg(format!("committing the batch up to LSN {last}"), e))?;
+        self.applied = last;
+        if schema_changed {
+            self.maps = maps;
+            self.order = order;
+            let statuses: Vec<TableStatus> = self
+                .maps
+                .values()
+                .map(|m| TableStatus {
+                    source_table: m.source.name.clone(),
+                    target: m.qualified(),
+                    state: TableState::Streaming,
+                    rows_loaded: 0,
+                })
+                .collect();
+            self.update_status(|s| s.tables = statuses);
+        }
+        for n in notices {
+            self.notice(n);
+        }
+        Ok(counts)
+    }
+}
+
+fn is_constraint(e: &PgError) -> bool {
+    matches!(e.sqlstate(), Some("23505") | Some("23503") | Some("23P01"))
+}
+
+fn record_size(r: &Record) -> usize {
+    match r {
+        Record::Transaction(t) => 64 + t.changes.iter().map(|c| c.approx_size()).sum::<usize>(),
+        Record::SnapshotRows(rows) => rows
+            .rows
+            .iter()
+            .map(|r| r.values.iter().map(|v| v.approx_size()).sum::<usize>())
+            .sum(),
+        _ => 64,
+    }
+}
+
+fn check_name_collisions(maps: &BTreeMap<String, TableMap>) -> Result<(), PgError> {
+    let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+    for (src, m) in maps {
+        if let Some(other) = seen.insert(m.qualified(), src) {
+            return Err(PgError::Table {
+                table: src.clone(),
+                reason: format!(
+                    "SQLite tables {other:?} and {src:?} both map to {}; use keep_case or exclude one",
+                    m.qualified()
+                ),
+            });
+        }
+        let mut cols: BTreeMap<&str, &str> = BTreeMap::new();
+        for c in &m.columns {
+            if let Some(o) = cols.insert(c.target.as_str(), c.source_name.as_str()) {
+                return Err(PgError::Table {
+                    table: src.clone(),
+                    reason: format!(
+                        "columns {o:?} and {:?} both map to {:?}; use keep_case",
+                        c.source_name, c.target
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Applies one schema change inside the batch's transaction; returns whether the maps
+/// changed. Create mode changes PostgreSQL; existing mode reports and follows by name.
+async fn apply_schema_change(
+    tx: &tokio_postgres::Transaction<'_>,
+    sc: &SchemaChange,
+    maps: &mut BTreeMap<String, TableMap>,
+    opts: &ShipOptions,
+    notices: &mut Vec<String>,
+) -> Result<bool, PgError> {
+    let pg = |what: String| move |e| PgError::pg(what, e);
+    let need_schema = || {
+        sc.schema.clone().ok_or_else(|| PgError::Table {
+            table: sc.table.clone(),
+            reason: "schema change without the parsed schema".into(),
+        })
+    };
+    if !opts.includes(&sc.table) && !matches!(sc.kind, SchemaChangeKind::RenameTable { .. }) {
+        return Ok(false);
+    }
+    let create = opts.mode == TargetMode::Create;
+    let mut map_notices = Vec::new();
+    match &sc.kind {
+        SchemaChangeKind::Other => {
+            // Indexes: mirror CREATE/DROP INDEX in create mode.
+            if !create {
+                return Ok(false);
+            }
+            let Some(map) = maps.get(&sc.table) else {
+                return Ok(false);
+            };
+            let is_index = sc
+                .after
+                .as_ref()
+                .or(sc.before.as_ref())
+                .is_some_and(|r| r.kind == "index");
+            if !is_index {
+                return Ok(false);
+            }
+            if let Some(before) = &sc.before {
+                if let Some(Ok(idx)) = before.sql.as_deref().map(mapping::parse_index) {
+                    let name = mapping::index_target_name(&map.target_table, &idx);
+                    tx.batch_execute(&format!(
+                        "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}; DROP INDEX IF EXISTS {}",
+                        map.qualified(),
+                        quote_ident(&name),
+                        qualified(&map.target_schema, &name)
+                    ))
+                    .await
+                    .map_err(pg(format!("dropping index {name}")))?;
+                }
+            }
+            if let Some(after) = &sc.after {
+                match after.sql.as_deref().map(mapping::parse_index) {
+                    Some(Ok(idx)) => {
+                        let mut only = map.clone();
+                        only.source.unique.clear();
+                        only.source.foreign_keys.clear();
+                        for stmt in
+                            mapping::post_load_statements(&only, &[idx], maps, &mut map_notices)
+                        {
+                            tx.batch_execute(&stmt)
+                                .await
+                                .map_err(pg(format!("running `{stmt}`")))?;
+                        }
+                    }
+                    Some(Err(why)) => notices.push(format!(
+                        "table {:?}: index {:?} not created: {why}",
+                        sc.table, after.name
+                    )),
+                    None => {}
+                }
+            }
+            Ok(false)
+        }
+        SchemaChangeKind::CreateTable => {
+            let schema = need_schema()?;
+            let (tschema, tname) = opts.target_of(&schema.name);
+            if !create && tschema != "ferry" {
+                let Some(ct) = catalog::find_table(tx, &tschema, &tname).await? else {
+                    return Err(PgError::SchemaMismatch {
+                        problems: vec![format!(
+                            "the application created table {:?} in SQLite; {tschema}.{tname} does not exist in PostgreSQL (existing mode: run the application's migration on PostgreSQL, then restart ferry)",
+                            schema.name
+                        )],
+                    });
+                };
+                let mut problems = Vec::new();
+                let Some(m) = catalog::map_onto(&schema, &ct, opts.keep_case, &mut problems) else {
+                    return Err(PgError::SchemaMismatch { problems });
+                };
+                progress::upsert_table(
+                    tx,
+                    &opts.source_id,
+                    &schema.name,
+                    &tschema,
+                    &m.target_table,
+                    TableState::Streaming,
+                    &schema,
+                )
+                .await?;
+                maps.insert(schema.name.clone(), m);
+                notices.push(format!(
+                    "table {:?} created in SQLite; mapped onto {tschema}.{tname}",
+                    schema.name
+                ));
+                return Ok(true);
+            }
+            let map = mapping::create_mode_map(
+                &schema,
+                None,
+                &opts.map_options(),
+                &tschema,
+                &tname,
+                &mut map_notices,
+            );
+            tx.batch_execute(&format!(
+                "CREATE SCHEMA IF NOT EXISTS {}",
+                quote_ident(&tschema)
+            ))
+            .await
+            .map_err(pg("creating the target schema".into()))?;
+            tx.batch_execute(&format!("DROP TABLE IF EXISTS {} CASCADE", map.qualified()))
+                .await
+                .map_err(pg(format!("dropping a stale {}", map.qualified())))?;
+            tx.batch_execute(&mapping::create_table_sql(&map, &mut map_notices))
+                .await
+                .map_err(pg(format!("creating table {}", map.qualified())))?;
+            let mut all = maps.clone();
+            all.insert(schema.name.clone(), map.clone());
+            for stmt in mapping::post_load_statements(&map, &[], &all, &mut map_notices) {
+                tx.batch_execute(&stmt)
+                    .await
+                    .map_err(pg(format!("running `{stmt}`")))?;
+            }
+            progress::upsert_table(
+                tx,
+                &opts.source_id,
+                &schema.name,
+                &tschema,
+                &tname,
+                TableState::Streaming,
+                &schema,
+            )
+            .await?;
+            maps.insert(schema.name.clone(), map);
+            for n in map_notices {
+                notices.push(format!("table {:?}: {}", n.table, n.message));
+            }
+            Ok(true)
+        }
+        SchemaChangeKind::DropTable => {
+            let Some(map) = maps.remove(&sc.table) else {
+                return Ok(false);
+            };
+            if create || map.target_schema == "ferry" {
+                tx.batch_execute(&format!("DROP TABLE IF EXISTS {} CASCADE", map.qualified()))
+                    .await
+                    .map_err(pg(format!("dropping {}", map.qualified())))?;
+            } else {
+                notices.push(format!(
+                    "table {:?} was dropped in SQLite; {} is left as it is (existing mode: the application's migrations decide)",
+                    sc.table,
+                    map.qualified()
+                ));
+            }
+            progress::delete_table(tx, &opts.source_id, &sc.table).await?;
+            Ok(true)
+        }
+        SchemaChangeKind::AlterTable | SchemaChangeKind::RenameTable { .. } => {
+            let schema = need_schema()?;
+            let from = match &sc.kind {
+                SchemaChangeKind::RenameTable { from } => from.clone(),
+                _ => sc.table.clone(),
+            };
+            let Some(old) = maps.remove(&from) else {
+                return Ok(false);
+            };
+            if from != schema.name {
+                progress::delete_table(tx, &opts.source_id, &from).await?;
+            }
+            let (tschema, tname) = opts.target_of(&schema.name);
+            if !create && old.target_schema != "ferry" {
+                notices.push(format!(
+                    "table {:?} changed in SQLite ({}); existing mode follows columns by name — check that {} matches",
+                    schema.name,
+                    if from != schema.name { format!("renamed from {from:?}") } else { "altered".into() },
+                    old.qualified()
+                ));
+                let Some(ct) = catalog::find_table(tx, &tschema, &tname).await? else {
+                    return Err(PgError::SchemaMismatch {
+                        problems: vec![format!(
+                            "table {tschema}.{tname} (for SQLite table {:?}) does not exist",
+                            schema.name
+                        )],
+                    });
+                };
+                let mut problems = Vec::new();
+                let Some(m) = catalog::map_onto(&schema, &ct, opts.keep_case, &mut problems) else {
+                    return Err(PgError::SchemaMismatch { problems });
+                };
+                progress::upsert_table(
+                    tx,
+                    &opts.source_id,
+                    &schema.name,
+                    &tschema,
+                    &m.target_table,
+                    TableState::Streaming,
+                    &schema,
+                )
+                .await?;
+                maps.insert(schema.name.clone(), m);
+                return Ok(true);
+            }
+            let new_map =
+                alter_table(tx, &old, &schema, opts, &tschema, &tname, &mut map_notices).await?;
+            progress::upsert_table(
+                tx,
+                &opts.source_id,
+                &schema.name,
+                &tschema,
+                &tname,
+                TableState::Streaming,
+                &schema,
+            )
+            .await?;
+            maps.insert(schema.name.clone(), new_map);
+            for n in map_notices {
+                notices.push(format!("table {:?}: {}", n.table, n.message));
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Create mode: brings a PostgreSQL table from `old`'s shape to `schema`'s. Rows are carried
+/// over by column name, as the fold does: dropped columns go, new columns take their
+/// default, kept columns keep their PostgreSQL type unless the declared type's mapping
+/// changed.
+async fn alter_table(
+    tx: &tokio_postgres::Transaction<'_>,
+    old: &TableMap,
+    schema: &TableSchema,
+    opts: &ShipOptions,
+    tschema: &str,
+    tname: &str,
+    notices: &mut Vec<MapNotice>,
+) -> Result<TableMap, PgError> {
+    let pg = |what: String| move |e| PgError::pg(what, e);
+    if old.source.keyed_by_rowid() != schema.keyed_by_rowid() {
+        return Err(PgError::Table {
+            table: schema.name.clone(),
+            reason: "the table changed between rowid-keyed and declared-primary-key; ferry cannot alter that in place: re-create the target table (drop it and its ferry.table_progress row) and ship again".into(),
+        });
+    }
+    let mut cur = old.qualified();
+    if old.target_table != tname || old.target_schema != tschema {
+        tx.batch_execute(&format!(
+            "ALTER TABLE {cur} RENAME TO {}",
+            quote_ident(tname)
+        ))
+        .await
+        .map_err(pg(format!("renaming {cur}")))?;
+        cur = qualified(&old.target_schema, tname);
+        if old.target_schema != tschema {
+            tx.batch_execute(&format!(
+                "ALTER TABLE {cur} SET SCHEMA {}",
+                quote_ident(tschema)
+            ))
+            .await
+            .map_err(pg(format!("moving {cur}")))?;
+            cur = qualified(tschema, tname);
+        }
+    }
+    let mut new_map =
+        mapping::create_mode_map(schema, None, &opts.map_options(), tschema, tname, notices);
+    // Keep the existing PostgreSQL type for columns that stay, unless the declared mapping
+    // itself changed (a rebuild that changed the type).
+    for c in &mut new_map.columns {
+        if let Some(oc) = old.columns.iter().find(|o| o.source_name == c.source_name) {
+            let old_decl = old
+                .source
+                .columns
+                .iter()
+                .find(|x| x.name == c.source_name)
+                .map(|x| x.decl_type.clone());
+            let new_decl = schema
+                .columns
+                .iter()
+                .find(|x| x.name == c.source_name)
+                .map(|x| x.decl_type.clone());
+            if old_decl == new_decl {
+                c.pg_type = oc.pg_type.clone();
+            }
+        }
+    }
+    for oc in &old.columns {
+        if !new_map
+            .columns
+            .iter()
+            .any(|c| c.source_name == oc.source_name)
+        {
+            tx.batch_execute(&format!(
+                "ALTER TABLE {cur} DROP COLUMN IF EXISTS {}",
+                quote_ident(&oc.target)
+            ))
+            .await
+            .map_err(pg(format!("dropping column {} of {cur}", oc.target)))?;
+        }
+    }
+    let create_sql = mapping::create_table_sql(&new_map, notices);
+    for c in &new_map.columns {
+        match old.columns.iter().find(|o| o.source_name == c.source_name) {
+            None => {
+                // The column's definition as CREATE TABLE would write it (default included).
+                let def = create_sql
+                    .lines()
+                    .map(str::trim)
+                    .find(|l| l.starts_with(&format!("{} ", quote_ident(&c.target))))
+                    .map(|l| l.trim_end_matches(',').to_string())
+                    .unwrap_or_else(|| {
+                        format!("{} {}", quote_ident(&c.target), c.pg_type.sql_name())
+                    });
+                tx.batch_execute(&format!("ALTER TABLE {cur} ADD COLUMN {def}"))
+                    .await
+                    .map_err(pg(format!("adding column {} to {cur}", c.target)))?;
+            }
+            Some(o) if o.pg_type != c.pg_type => {
+                tx.batch_execute(&format!(
+                    "ALTER TABLE {cur} ALTER COLUMN {0} TYPE {1} USING {0}::{1}",
+                    quote_ident(&c.target),
+                    c.pg_type.sql_name()
+                ))
+                .await
+                .map_err(pg(format!("changing the type of {}.{}", cur, c.target)))?;
+            }
+            Some(_) => {}
+        }
+    }
+    let old_key: Vec<&str> = old
+        .key
+        .iter()
+        .map(|&i| old.columns[i].source_name.as_str())
+        .collect();
+    let new_key: Vec<&str> = new_map
+        .key
+        .iter()
+        .map(|&i| new_map.columns[i].source_name.as_str())
+        .collect();
+    if old_key != new_key {
+        let pk_name: Option<String> = tx
+            .query_opt(
+                "SELECT conname::text FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'",
+                &[&cur],
+            )
+            .await
+            .map_err(pg(format!("reading the primary key of {cur}")))?
+            .map(|r| r.get(0));
+        if let Some(pk) = pk_name {
+            tx.batch_execute(&format!(
+                "ALTER TABLE {cur} DROP CONSTRAINT {}",
+                quote_ident(&pk)
+            ))
+            .await
+            .map_err(pg(format!("dropping the primary key of {cur}")))?;
+        }
+        let cols: Vec<String> = new_map
+            .key
+            .iter()
+            .map(|&i| quote_ident(&new_map.columns[i].target))
+            .collect();
+        tx.batch_execute(&format!(
+            "ALTER TABLE {cur} ADD PRIMARY KEY ({})",
+            cols.join(", ")
+        ))
+        .await
+        .map_err(pg(format!("adding the primary key of {cur}")))?;
+    }
+    Ok(new_map)
+}
+
+/// Reads a source's progress: what PostgreSQL has applied (None: never shipped here).
+pub async fn read_progress(client: &Client, source_id: &str) -> Result<Option<Progress>, PgError> {
+    progress::read_progress(client, source_id).await
+}
+
+/// Rows of one snapshot chunk, for the loader.
+pub(crate) type SnapshotChunk = Vec<SnapshotRow>;
