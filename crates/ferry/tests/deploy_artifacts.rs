@@ -890,3 +890,164 @@ fn example_config_matches_the_unit() {
     );
     assert!(source_file.starts_with("/etc/ferry/"), "{source_file}");
 }
+
+/// `ferry run --help` of the binary cargo built, to check that the service files only use
+/// flags and environment variables ferry accepts.
+fn run_help() -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(["run", "--help"])
+        .output()
+        .expect("running ferry run --help");
+    assert!(out.status.success(), "ferry run --help failed");
+    String::from_utf8(out.stdout).expect("help is UTF-8")
+}
+
+/// The `--flag`s of an argument list, and whether `ferry run --help` knows each.
+fn unknown_flags<'a>(args: impl IntoIterator<Item = &'a str>, help: &str) -> Vec<String> {
+    args.into_iter()
+        .filter(|a| a.starts_with("--"))
+        .map(|a| a.split('=').next().unwrap_or(a))
+        .filter(|flag| !help.contains(&format!("{flag} <")) && !help.contains(&format!("{flag} ")))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn systemd_exec_start_uses_flags_ferry_run_accepts() {
+    let unit = read_repo_file("deploy/systemd/ferry.service");
+    let exec = unit_directives(&unit)
+        .into_iter()
+        .find(|(_, k, _)| k == "ExecStart")
+        .map(|(_, _, v)| v)
+        .expect("ExecStart");
+    let args: Vec<&str> = exec.split_whitespace().collect();
+    assert_eq!(args[1], "run");
+    assert_eq!(unknown_flags(args, &run_help()), Vec::<String>::new());
+}
+
+#[test]
+fn container_file_builds_locked_and_runs_unprivileged() {
+    let text = read_repo_file("deploy/container/Containerfile");
+    let instructions: Vec<&str> = text
+        .lines()
+        .filter(|l| !l.trim_start().starts_with('#') && !l.trim().is_empty())
+        .collect();
+    let from: Vec<&str> = instructions
+        .iter()
+        .filter_map(|l| l.strip_prefix("FROM "))
+        .collect();
+    assert_eq!(
+        from,
+        vec![
+            "docker.io/library/rust:1-bookworm AS build",
+            "docker.io/library/debian:bookworm-slim"
+        ]
+    );
+    assert!(text.contains("cargo build --release --locked -p ferry"));
+    assert!(text.contains("--no-install-recommends ca-certificates"));
+    assert!(text.contains("COPY --from=build /usr/local/bin/ferry /usr/local/bin/ferry"));
+    let user = instructions
+        .iter()
+        .filter_map(|l| l.strip_prefix("USER "))
+        .next_back()
+        .expect("a USER instruction");
+    let uid = user.split(':').next().unwrap_or("");
+    assert!(
+        uid.parse::<u32>().is_ok_and(|u| u != 0),
+        "the image must run as a numeric non-root UID (Kubernetes runAsNonRoot checks it): {user}"
+    );
+    assert_eq!(
+        instructions.last().copied(),
+        Some("CMD [\"--help\"]"),
+        "CMD last"
+    );
+    assert!(instructions.contains(&"ENTRYPOINT [\"ferry\"]"));
+    // Deliberately none (the comment at the top says why): probes come from the orchestrator.
+    assert!(!instructions.iter().any(|l| l.starts_with("HEALTHCHECK")));
+    let ignore = read_repo_file("deploy/container/Containerfile.dockerignore");
+    assert!(
+        ignore.lines().any(|l| l.trim() == "target"),
+        "target/ in the context"
+    );
+}
+
+#[test]
+fn kubernetes_sidecar_probes_shares_the_database_and_uses_real_flags() {
+    let text = read_repo_file("deploy/kubernetes/sidecar.yaml");
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .collect();
+    let after = |key: &str, want: &str| {
+        lines
+            .iter()
+            .position(|l| *l == key)
+            .is_some_and(|i| lines[i..].iter().take(4).any(|l| *l == want))
+    };
+    assert!(
+        after("readinessProbe:", "path: /readyz"),
+        "readiness on /readyz"
+    );
+    assert!(
+        after("livenessProbe:", "path: /healthz"),
+        "liveness on /healthz"
+    );
+    assert!(lines.contains(&"containerPort: 9731"));
+    assert!(
+        lines.contains(&"type: Recreate"),
+        "never two pods on one database"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| **l == "mountPath: /data").count(),
+        2,
+        "the application and ferry both mount the database volume at /data"
+    );
+    for required in [
+        "runAsNonRoot: true",
+        "readOnlyRootFilesystem: true",
+        "allowPrivilegeEscalation: false",
+        "prometheus.io/scrape: \"true\"",
+        "prometheus.io/port: \"9731\"",
+        "secretKeyRef:",
+    ] {
+        assert!(lines.contains(&required), "missing {required}");
+    }
+    assert!(
+        lines.iter().any(|l| l.starts_with("fsGroup: ")),
+        "a pod fsGroup shared by both containers"
+    );
+    // The sidecar's args: the list items after `args:` (comments skipped), up to the next key.
+    let start = lines.iter().position(|l| *l == "args:").expect("args:") + 1;
+    let args: Vec<&str> = lines[start..]
+        .iter()
+        .map_while(|l| l.strip_prefix("- "))
+        .collect();
+    assert_eq!(
+        args,
+        vec![
+            "run",
+            "--source",
+            "/data/app.db",
+            "--state-dir",
+            "/var/lib/ferry",
+            "--admin-addr",
+            "0.0.0.0:9731"
+        ]
+    );
+    let help = run_help();
+    assert_eq!(unknown_flags(args, &help), Vec::<String>::new());
+    for env in lines
+        .iter()
+        .filter_map(|l| l.strip_prefix("- name: FERRY_"))
+    {
+        assert!(
+            help.contains(&format!("[env: FERRY_{env}=")),
+            "ferry run does not read FERRY_{env}"
+        );
+    }
+    assert!(
+        lines.contains(&"- name: FERRY_TARGET"),
+        "target from the Secret"
+    );
+}
