@@ -31,7 +31,7 @@ pub use record::{
     SchemaChange, SchemaChangeKind, SchemaRow, SnapshotBegin, SnapshotEnd, SnapshotRow,
     SnapshotRows, Transaction,
 };
-pub use schema::{Affinity, Column, KeyColumns, ROWID_COLUMN, TableSchema};
+pub use schema::{Affinity, Column, ForeignKey, Generated, KeyColumns, ROWID_COLUMN, TableSchema};
 pub use value::Value;
 
 /// Microseconds since the Unix epoch, UTC. Capture and apply times are carried in this unit.
