@@ -1,1 +1,20 @@
-//! Not built yet.
+//! ferry's SQLite capture: reading SQLite's own files without the application's help.
+//!
+//! Layers, bottom up: [`format`] (header, b-tree pages, records, overflow, WAL: bytes to
+//! structures, never trusting a byte), [`schema`] (`CREATE TABLE` to `TableSchema`),
+//! [`pages`] (database states as page sources), [`decode`] (per-transaction, per-b-tree row
+//! diffs), [`shadow`] (the page-exact copy and its journal), [`wal_tail`] (committed
+//! transactions out of the WAL), and [`capture`] (snapshot, hand-over-hand tailing, resync,
+//! rollback-journal polling, bounded WAL), which writes records into a [`sink::RecordSink`].
+
+pub mod capture;
+pub mod decode;
+pub mod format;
+pub mod pages;
+pub mod schema;
+pub mod shadow;
+pub mod sink;
+pub mod wal_tail;
+
+pub use capture::{CaptureError, CaptureOptions, CaptureStats, CaptureStep, SqliteCapture};
+pub use sink::{RecordFile, RecordSink, SinkError};

@@ -1,0 +1,1058 @@
+//! The capture loop: initial snapshot, WAL tailing with hand-over-hand read transactions,
+//! gap resync, rollback-journal polling, and the bounded-WAL checkpoint.
+//!
+//! Invariants and why they hold:
+//! - **Nothing committed is missed while ferry runs.** Two read-only-in-practice connections
+//!   take turns holding a read transaction. A poll opens a read transaction on the idle
+//!   connection, reads the WAL to its last commit frame, makes what it read durable, and only
+//!   then ends the other connection's read transaction. While a read transaction is held,
+//!   SQLite neither backfills frames past its read mark nor restarts the WAL if the mark is
+//!   above 0, and with mark 0 it cannot backfill at all; so if a scan finds new salts while the
+//!   previous reader was held, the old generation ended exactly where the last scan stopped
+//!   (frames appended after that could not have been backfilled, and a restart needs them
+//!   backfilled). `continuous` records that a reader has been held since the resume point was
+//!   established; only then is a new generation read from its first frame.
+//! - **Anything else is a resync.** At start-up (no reader was held while ferry was down), a
+//!   resume point that the WAL no longer proves (other salts, a missing or different frame)
+//!   means the application may have checkpointed and restarted its WAL in between. Capture
+//!   then compares every page of the database (file overlaid with the WAL's committed frames,
+//!   read under a read transaction) with the shadow and decodes the differing pages as one
+//!   transaction marked `resync`. The shadow equals the state the log describes (its journal
+//!   is redone up to the log's last record on open), so nothing is lost or doubled.
+//! - **One long-lived descriptor per file.** The database file and the `-wal` file are opened
+//!   once and kept: closing any descriptor of the database file in this process would drop
+//!   the POSIX locks SQLite holds through its own descriptors. The `-shm` file is never opened
+//!   by ferry. Every connection sets `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`.
+//! - **The source is never written**, except for the content-neutral checkpoints of the
+//!   bounded-WAL mechanism ([`SqliteCapture::bound_wal`]).
+
+use crate::decode::{DecodeError, Decoder, differing_pages};
+use crate::format::{DbHeader, FormatError};
+use crate::pages::{FilePages, Overlay, Page, PageError, PageSource, read_full_at};
+use crate::shadow::{JournalEntry, ResumePoint, Shadow, ShadowError, ShadowState};
+use crate::sink::{RecordSink, SinkError};
+use crate::wal_tail::{ScanOutcome, ScanStart, WalTxn, scan};
+use ferry_core::{
+    Lsn, Op, Record, SnapshotBegin, SnapshotEnd, SnapshotRows, SourcePosition, Transaction,
+    now_micros,
+};
+use rusqlite::{Connection, OpenFlags};
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("{path} is not a SQLite database: {source}")]
+    NotADatabase {
+        path: PathBuf,
+        #[source]
+        source: FormatError,
+    },
+    #[error("opening {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("SQLite on {path}: {source}")]
+    Sqlite {
+        path: PathBuf,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("decoding {path}: {source}")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: DecodeError,
+    },
+    #[error(transparent)]
+    Shadow(#[from] ShadowError),
+    #[error(transparent)]
+    Sink(#[from] SinkError),
+    #[error(
+        "{path} was replaced or deleted while ferry captured it (inode {was} is now {now}); the capture cannot continue against a different file"
+    )]
+    Replaced { path: PathBuf, was: u64, now: u64 },
+    #[error(
+        "capture state in {dir} is locked by another process (is another ferry capturing this source?)"
+    )]
+    Locked { dir: PathBuf },
+}
+
+/// Options of one SQLite capture.
+#[derive(Clone, Debug)]
+pub struct CaptureOptions {
+    pub source_id: String,
+    /// Longest wait between polls when no file event arrives.
+    pub poll_interval: Duration,
+    /// The `-wal` size ferry keeps the WAL under (see [`SqliteCapture::bound_wal`]).
+    pub wal_limit_bytes: u64,
+    /// Rows per `SnapshotRows` record (also bounded by `snapshot_chunk_bytes`).
+    pub snapshot_chunk_rows: usize,
+    pub snapshot_chunk_bytes: usize,
+    /// Page bytes decoded per batch (one journal fsync and one log append per batch).
+    pub batch_bytes: usize,
+    /// Watch the database's directory for change hints.
+    pub watch: bool,
+    /// Run the bounded-WAL checkpoint when the WAL grows past its trigger.
+    pub bound_wal: bool,
+    /// How long the bounded-WAL mechanism keeps retrying for the write lock.
+    pub lock_acquire_timeout: Duration,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            source_id: "source".to_string(),
+            poll_interval: Duration::from_millis(100),
+            wal_limit_bytes: 64 << 20,
+            snapshot_chunk_rows: 1000,
+            snapshot_chunk_bytes: 1 << 20,
+            batch_bytes: 8 << 20,
+            watch: true,
+            bound_wal: true,
+            lock_acquire_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// What a call to [`SqliteCapture::catch_up`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CaptureStep {
+    pub snapshot_taken: bool,
+    pub snapshot_rows: u64,
+    pub transactions: u64,
+    pub rows: u64,
+    pub resynced: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CaptureStats {
+    pub transactions: u64,
+    pub inserts: u64,
+    pub updates: u64,
+    pub deletes: u64,
+    pub schema_changes: u64,
+    pub snapshot_rows: u64,
+    /// Resyncs after a gap (should be 0 while ferry runs undisturbed on a WAL database).
+    pub resyncs: u64,
+    /// Rollback-journal polls that found a change.
+    pub rollback_polls: u64,
+    pub wal_bytes: u64,
+    pub wal_frames_read: u64,
+    /// Bounded-WAL rounds and the longest time the write lock was held.
+    pub wal_bound_rounds: u64,
+    pub wal_bound_failures: u64,
+    pub lock_hold_max: Duration,
+    pub lock_hold_total: Duration,
+    pub last_position: Option<SourcePosition>,
+    pub last_lsn: Lsn,
+    pub rollback_mode: bool,
+}
+
+pub struct SqliteCapture {
+    db_path: PathBuf,
+    wal_path: PathBuf,
+    opts: CaptureOptions,
+    sink: Arc<dyn RecordSink>,
+    db_file: File,
+    db_ino: u64,
+    wal_file: Option<File>,
+    /// Reader connections, used hand over hand.
+    conns: [Connection; 2],
+    /// Which connection holds a read transaction.
+    held: Option<usize>,
+    /// A read transaction has been held continuously since `point` was established.
+    continuous: bool,
+    shadow: Shadow,
+    decoder: Option<Decoder>,
+    stats: CaptureStats,
+    events: Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)>,
+    _lock: File,
+}
+
+fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> CaptureError {
+    let p = path.to_path_buf();
+    move |source| CaptureError::Sqlite {
+        path: p.clone(),
+        source,
+    }
+}
+
+fn open_conn(path: &Path) -> Result<Connection, CaptureError> {
+    let c = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(sqlite_err(path))?;
+    c.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE,
+        true,
+    )
+    .map_err(sqlite_err(path))?;
+    c.busy_timeout(Duration::from_secs(5))
+        .map_err(sqlite_err(path))?;
+    Ok(c)
+}
+
+impl SqliteCapture {
+    /// Opens (or resumes) capture of `db_path` into `sink`, keeping the shadow and its journal
+    /// in `work_dir` (a per-source directory the caller owns).
+    pub fn open(
+        db_path: &Path,
+        work_dir: &Path,
+        sink: Arc<dyn RecordSink>,
+        opts: CaptureOptions,
+    ) -> Result<SqliteCapture, CaptureError> {
+        let db_file = File::open(db_path).map_err(|source| CaptureError::Open {
+            path: db_path.to_path_buf(),
+            source,
+        })?;
+        let mut first = [0u8; 100];
+        read_full_at(&db_file, &mut first, 0).map_err(|source| CaptureError::Io {
+            path: db_path.to_path_buf(),
+            source,
+        })?;
+        let header = DbHeader::parse(&first).map_err(|source| CaptureError::NotADatabase {
+            path: db_path.to_path_buf(),
+            source,
+        })?;
+        let db_ino = db_file
+            .metadata()
+            .map_err(|source| CaptureError::Io {
+                path: db_path.to_path_buf(),
+                source,
+            })?
+            .ino();
+        std::fs::create_dir_all(work_dir).map_err(|source| CaptureError::Io {
+            path: work_dir.to_path_buf(),
+            source,
+        })?;
+        let lock_path = work_dir.join("capture.lock");
+        let lock = File::create(&lock_path).map_err(|source| CaptureError::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
+        // SAFETY: flock on a descriptor we own; no memory is shared with the call.
+        let rc = unsafe {
+            libc::flock(
+                std::os::fd::AsRawFd::as_raw_fd(&lock),
+                libc::LOCK_EX | libc::LOCK_NB,
+            )
+        };
+        if rc != 0 {
+            return Err(CaptureError::Locked {
+                dir: work_dir.to_path_buf(),
+            });
+        }
+        let conns = [open_conn(db_path)?, open_conn(db_path)?];
+        let mut wal_path = db_path.as_os_str().to_owned();
+        wal_path.push("-wal");
+        let wal_path = PathBuf::from(wal_path);
+        let shadow = Shadow::open(work_dir, sink.as_ref())?;
+        let events = if opts.watch { watch_dir(db_path) } else { None };
+        let mut cap = SqliteCapture {
+            db_path: db_path.to_path_buf(),
+            wal_path,
+            opts,
+            sink,
+            db_file,
+            db_ino,
+            wal_file: None,
+            conns,
+            held: None,
+            continuous: false,
+            shadow,
+            decoder: None,
+            stats: CaptureStats::default(),
+            events,
+            _lock: lock,
+        };
+        cap.stats.rollback_mode = !header.is_wal();
+        if cap.stats.rollback_mode {
+            tracing::warn!(
+                db = %cap.db_path.display(),
+                "database is in rollback-journal mode: ferry polls its change counter and compares pages under a brief shared lock, which stalls the application's commits for a time proportional to the database size and collapses commits between polls; switching it to WAL (--switch-to-wal, persistent) gives per-commit capture without stalls"
+            );
+        }
+        Ok(cap)
+    }
+
+    pub fn stats(&self) -> CaptureStats {
+        self.stats.clone()
+    }
+
+    fn decode_err(&self) -> impl Fn(DecodeError) -> CaptureError {
+        let p = self.db_path.clone();
+        move |source| CaptureError::Decode {
+            path: p.clone(),
+            source,
+        }
+    }
+
+    fn io_err(&self, path: &Path) -> impl Fn(std::io::Error) -> CaptureError {
+        let p = path.to_path_buf();
+        move |source| CaptureError::Io {
+            path: p.clone(),
+            source,
+        }
+    }
+
+    /// Takes the initial snapshot if the log has none yet, then captures everything committed
+    /// so far; returns what it did.
+    pub fn catch_up(&mut self) -> Result<CaptureStep, CaptureError> {
+        let mut step = CaptureStep::default();
+        if self.shadow.state.is_none() {
+            step.snapshot_rows = self.snapshot()?;
+            step.snapshot_taken = true;
+        } else if self.decoder.is_none() {
+            let pages = self.shadow.pages().ok_or_else(|| ShadowError::Corrupt {
+                path: self.db_path.clone(),
+                problem: "no state".into(),
+            })?;
+            self.decoder = Some(Decoder::build(&pages).map_err(self.decode_err())?);
+        }
+        let before = self.stats.clone();
+        loop {
+            let more = self.poll_once()?;
+            if !more {
+                break;
+            }
+        }
+        step.transactions = self.stats.transactions - before.transactions;
+        step.rows = (self.stats.inserts + self.stats.updates + self.stats.deletes)
+            - (before.inserts + before.updates + before.deletes);
+        step.resynced = self.stats.resyncs > before.resyncs;
+        Ok(step)
+    }
+
+    /// Runs until `stop` is set (checked between polls): finishes the batch in hand, which is
+    /// durable when a poll returns, and returns.
+    pub fn run(&mut self, stop: &AtomicBool) -> Result<(), CaptureError> {
+        self.catch_up()?;
+        while !stop.load(Ordering::SeqCst) {
+            let more = self.poll_once()?;
+            if !more {
+                self.wait_for_change(stop);
+            }
+        }
+        Ok(())
+    }
+
+    fn wait_for_change(&mut self, stop: &AtomicBool) {
+        let deadline = Instant::now() + self.opts.poll_interval;
+        match &self.events {
+            Some((_, rx)) => {
+                // Events are hints: drain them, then wait for the next or the deadline.
+                while rx.try_recv().is_ok() {}
+                while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+                    let slice = (deadline - Instant::now()).min(Duration::from_millis(20));
+                    if rx.recv_timeout(slice).is_ok() {
+                        return;
+                    }
+                }
+            }
+            None => {
+                while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+                    std::thread::park_timeout(
+                        (deadline - Instant::now()).min(Duration::from_millis(10)),
+                    );
+                }
+            }
+        }
+    }
+
+    fn check_not_replaced(&self) -> Result<(), CaptureError> {
+        match std::fs::metadata(&self.db_path) {
+            Ok(m) if m.ino() == self.db_ino => Ok(()),
+            Ok(m) => Err(CaptureError::Replaced {
+                path: self.db_path.clone(),
+                was: self.db_ino,
+                now: m.ino(),
+            }),
+            Err(source) => Err(CaptureError::Io {
+                path: self.db_path.clone(),
+                source,
+            }),
+        }
+    }
+
+    fn begin_read(&mut self, i: usize) -> Result<(), CaptureError> {
+        let c = &self.conns[i];
+        c.execute_batch("BEGIN DEFERRED")
+            .map_err(sqlite_err(&self.db_path))?;
+        // Reading the schema cookie opens the read transaction (and takes the read mark).
+        c.query_row("PRAGMA schema_version", [], |r| r.get::<_, i64>(0))
+            .map_err(sqlite_err(&self.db_path))?;
+        Ok(())
+    }
+
+    fn end_read(&mut self, i: usize) -> Result<(), CaptureError> {
+        let c = &self.conns[i];
+        if !c.is_autocommit() {
+            c.execute_batch("COMMIT")
+                .map_err(sqlite_err(&self.db_path))?;
+        }
+        Ok(())
+    }
+
+    /// Opens a read transaction on the idle connection; returns its index.
+    fn take_new_reader(&mut self) -> Result<usize, CaptureError> {
+        let i = match self.held {
+            Some(h) => 1 - h,
+            None => 0,
+        };
+        self.begin_read(i)?;
+        Ok(i)
+    }
+
+    /// Hands over: the new reader becomes the held one, the old one is released.
+    fn hand_over(&mut self, new: usize) -> Result<(), CaptureError> {
+        if let Some(old) = self.held
+            && old != new
+        {
+            self.end_read(old)?;
+        }
+        self.held = Some(new);
+        Ok(())
+    }
+
+    fn release_all(&mut self) -> Result<(), CaptureError> {
+        for i in 0..2 {
+            self.end_read(i)?;
+        }
+        self.held = None;
+        self.continuous = false;
+        Ok(())
+    }
+
+    fn wal(&mut self) -> Result<Option<&File>, CaptureError> {
+        if self.wal_file.is_none() {
+            match File::open(&self.wal_path) {
+                Ok(f) => self.wal_file = Some(f),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(source) => {
+                    return Err(CaptureError::Io {
+                        path: self.wal_path.clone(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(self.wal_file.as_ref())
+    }
+
+    fn read_db_header(&self) -> Result<DbHeader, CaptureError> {
+        let mut first = [0u8; 100];
+        read_full_at(&self.db_file, &mut first, 0).map_err(self.io_err(&self.db_path))?;
+        DbHeader::parse(&first).map_err(|source| CaptureError::NotADatabase {
+            path: self.db_path.clone(),
+            source,
+        })
+    }
+
+    /// The database state visible now (file overlaid with every committed WAL frame), read
+    /// under the caller's read transaction: pages from the WAL, the resume point, page size.
+    fn current_state(&mut self) -> Result<(HashMap<u32, Page>, ResumePoint, usize), CaptureError> {
+        let hdr = self.read_db_header()?;
+        let file_len = self
+            .db_file
+            .metadata()
+            .map_err(self.io_err(&self.db_path))?
+            .len();
+        let file_pages = (file_len / hdr.page_size as u64) as u32;
+        let mut point = ResumePoint {
+            salts: None,
+            frame: 0,
+            checksum: (0, 0),
+            db_pages: if hdr.version_valid_for == hdr.change_counter && hdr.page_count > 0 {
+                hdr.page_count
+            } else {
+                file_pages
+            },
+            change_counter: hdr.change_counter,
+        };
+        let mut pages = HashMap::new();
+        if hdr.is_wal() {
+            let cc = hdr.change_counter;
+            if let Some(wal) = self.wal()? {
+                match scan(wal, ScanStart::Beginning, cc, usize::MAX).map_err(|s| {
+                    CaptureError::Io {
+                        path: self.wal_path.clone(),
+                        source: s,
+                    }
+                })? {
+                    ScanOutcome::Frames { header, txns, .. } => {
+                        point.salts = Some((header.salt1, header.salt2));
+                        point.checksum = header.checksum;
+                        for t in txns {
+                            pages.extend(t.pages);
+                            pages.retain(|&p, _| p <= t.point.db_pages);
+                            point = t.point;
+                        }
+                    }
+                    ScanOutcome::NoHeader | ScanOutcome::NotContinuous => {}
+                }
+            }
+        }
+        Ok((pages, point, hdr.page_size))
+    }
+
+    /// The initial snapshot: a page copy of one read transaction's state into the shadow,
+    /// then every captured table's rows decoded from that copy.
+    fn snapshot(&mut self) -> Result<u64, CaptureError> {
+        self.release_all()?;
+        self.shadow.reset()?;
+        let r = self.take_new_reader()?;
+        let (wal_pages, point, page_size) = loop {
+            let (pages, point, ps) = self.current_state()?;
+            // A WAL restart during the read (possible only when our reader got mark 0) would
+            // change the salts: read again.
+            let salts_now = match self.wal()? {
+                Some(w) => crate::wal_tail::read_header(w)
+                    .map_err(self.io_err(&self.wal_path))?
+                    .map(|h| (h.salt1, h.salt2)),
+                None => None,
+            };
+            if point.salts.is_none() || salts_now == point.salts {
+                break (pages, point, ps);
+            }
+        };
+        // Copy the state into the shadow.
+        for pg in 1..=point.db_pages {
+            let data: Page = match wal_pages.get(&pg) {
+                Some(p) => p.clone(),
+                None => FilePages {
+                    file: &self.db_file,
+                    path: &self.db_path,
+                    page_size,
+                    count: point.db_pages,
+                }
+                .page(pg)
+                .map_err(|e| self.decode_err()(DecodeError::from(e)))?,
+            };
+            self.shadow.write_page(pg, page_size, &data)?;
+        }
+        drop(wal_pages);
+        let src = self.shadow.raw_pages(page_size, point.db_pages);
+        let decoder = Decoder::build(&src).map_err(self.decode_err())?;
+        let position = point.position(true);
+        let tables = decoder.catalog.tables();
+        let mut records = vec![Record::SnapshotBegin(SnapshotBegin {
+            position: position.clone(),
+            captured_at: now_micros(),
+            tables: tables.clone(),
+            schema_rows: decoder.catalog.rows.clone(),
+        })];
+        let mut counts = Vec::new();
+        let mut total = 0u64;
+        let sink = self.sink.clone();
+        for t in &tables {
+            let mut chunk = Vec::new();
+            let mut chunk_bytes = 0usize;
+            let mut n = 0u64;
+            let (rows_max, bytes_max) = (
+                self.opts.snapshot_chunk_rows.max(1),
+                self.opts.snapshot_chunk_bytes,
+            );
+            decoder
+                .scan_table(&src, &t.name, &mut |row| {
+                    chunk_bytes += row.values.iter().map(|v| v.approx_size()).sum::<usize>();
+                    chunk.push(row);
+                    n += 1;
+                    if chunk.len() >= rows_max || chunk_bytes >= bytes_max {
+                        records.push(Record::SnapshotRows(SnapshotRows {
+                            table: t.name.clone(),
+                            rows: std::mem::take(&mut chunk),
+                        }));
+                        chunk_bytes = 0;
+                        if records.len() >= 16 {
+                            sink.append_batch(&records).map_err(|e| {
+                                DecodeError::Page(PageError::Io {
+                                    path: PathBuf::from("log"),
+                                    pgno: 0,
+                                    source: std::io::Error::other(e),
+                                })
+                            })?;
+                            records.clear();
+                        }
+                    }
+                    Ok(())
+                })
+                .map_err(self.decode_err())?;
+            if !chunk.is_empty() {
+                records.push(Record::SnapshotRows(SnapshotRows {
+                    table: t.name.clone(),
+                    rows: chunk,
+                }));
+            }
+            counts.push((t.name.clone(), n));
+            total += n;
+        }
+        records.push(Record::SnapshotEnd(SnapshotEnd {
+            position: position.clone(),
+            captured_at: now_micros(),
+            row_counts: counts,
+        }));
+        let lsn = self.sink.append_batch(&records)?;
+        self.shadow.finish_snapshot(ShadowState {
+            point,
+            lsn,
+            page_size: page_size as u32,
+        })?;
+        self.decoder = Some(decoder);
+        self.held = Some(r);
+        self.continuous = true;
+        self.stats.snapshot_rows += total;
+        self.stats.last_position = Some(position);
+        self.stats.last_lsn = lsn;
+        Ok(total)
+    }
+
+    /// One poll: opens the next reader, captures every committed transaction, hands over.
+    /// Returns whether there may be more to read right away.
+    fn poll_once(&mut self) -> Result<bool, CaptureError> {
+        self.check_not_replaced()?;
+        let hdr = self.read_db_header()?;
+        let state = self.shadow.state.ok_or_else(|| ShadowError::Corrupt {
+            path: self.db_path.clone(),
+            problem: "no state".into(),
+        })?;
+        if !hdr.is_wal() {
+            self.stats.rollback_mode = true;
+            return self.poll_rollback(hdr, state);
+        }
+        self.stats.rollback_mode = false;
+        let new = self.take_new_reader()?;
+        let start = if self.continuous {
+            match state.point.salts {
+                Some(_) => ScanStart::After(state.point),
+                None => ScanStart::Beginning,
+            }
+        } else {
+            ScanStart::After(state.point)
+        };
+        let cc = state.point.change_counter;
+        self.wal()?;
+        let outcome = match self.wal_file.as_ref() {
+            Some(wal) => {
+                scan(wal, start, cc, self.opts.batch_bytes).map_err(|s| CaptureError::Io {
+                    path: self.wal_path.clone(),
+                    source: s,
+                })?
+            }
+            None => ScanOutcome::NoHeader,
+        };
+        let more = match outcome {
+            ScanOutcome::Frames { txns, more, header } => {
+                if let Some(w) = &self.wal_file {
+                    self.stats.wal_bytes = w.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+                let _ = header;
+                self.apply_batch(txns)?;
+                more
+            }
+            ScanOutcome::NotContinuous if self.continuous && state.point.salts.is_some() => {
+                // A new generation while our reader was held: read it from its first frame.
+                self.wal()?;
+                let wal = self.wal_file.as_ref().ok_or_else(|| CaptureError::Io {
+                    path: self.wal_path.clone(),
+                    source: std::io::Error::other("WAL vanished"),
+                })?;
+                match scan(wal, ScanStart::Beginning, cc, self.opts.batch_bytes).map_err(|s| {
+                    CaptureError::Io {
+                        path: self.wal_path.clone(),
+                        source: s,
+                    }
+                })? {
+                    ScanOutcome::Frames { txns, more, .. } => {
+                        self.apply_batch(txns)?;
+                        more
+                    }
+                    _ => false,
+                }
+            }
+            ScanOutcome::NoHeader if self.continuous => false,
+            ScanOutcome::NotContinuous | ScanOutcome::NoHeader => {
+                self.resync()?;
+                false
+            }
+        };
+        self.hand_over(new)?;
+        self.continuous = true;
+        if !more && self.opts.bound_wal {
+            self.bound_wal()?;
+        }
+        Ok(more)
+    }
+
+    /// Decodes a batch of transactions, then journal → log → shadow.
+    fn apply_batch(&mut self, txns: Vec<WalTxn>) -> Result<(), CaptureError> {
+        if txns.is_empty() {
+            return Ok(());
+        }
+        let state = self.shadow.state.ok_or_else(|| ShadowError::Corrupt {
+            path: self.db_path.clone(),
+            problem: "no state".into(),
+        })?;
+        let page_size = state.page_size as usize;
+        let mut decoder = self.decoder.take().ok_or_else(|| ShadowError::Corrupt {
+            path: self.db_path.clone(),
+            problem: "no decoder".into(),
+        })?;
+        let result = (|| {
+            let base = self.shadow.pages().ok_or_else(|| ShadowError::Corrupt {
+                path: self.db_path.clone(),
+                problem: "no state".into(),
+            })?;
+            let mut pending: HashMap<u32, Page> = HashMap::new();
+            let mut count = state.point.db_pages;
+            let mut records = Vec::with_capacity(txns.len());
+            let mut lsn = self.sink.durable_lsn();
+            let mut entries_meta = Vec::with_capacity(txns.len());
+            for t in &txns {
+                let before = Overlay {
+                    base: &base,
+                    pages: &pending,
+                    count,
+                };
+                let after = Overlay {
+                    base: &before,
+                    pages: &t.pages,
+                    count: t.point.db_pages,
+                };
+                let changed: HashSet<u32> = t.pages.keys().copied().collect();
+                let d = decoder
+                    .decode(&before, &after, &changed)
+                    .map_err(self.decode_err())?;
+                for (k, v) in &t.pages {
+                    pending.insert(*k, v.clone());
+                }
+                count = t.point.db_pages;
+                pending.retain(|&p, _| p <= count);
+                lsn = lsn.next();
+                let position = t.point.position(false);
+                count_changes(&mut self.stats, &d.changes, d.schema_changes.len());
+                self.stats.wal_frames_read += u64::from(t.frames);
+                records.push(Record::Transaction(Transaction {
+                    position: position.clone(),
+                    captured_at: now_micros(),
+                    schema_changes: d.schema_changes,
+                    changes: d.changes,
+                    resync: false,
+                }));
+                entries_meta.push((lsn, t.point, position));
+            }
+            let entries: Vec<JournalEntry<'_>> = entries_meta
+                .iter()
+                .zip(&txns)
+                .map(|((lsn, point, position), t)| JournalEntry {
+                    lsn: *lsn,
+                    point: *point,
+                    position,
+                    pages: &t.pages,
+                })
+                .collect();
+            self.shadow.journal_batch(&entries)?;
+            let got = self.sink.append_batch(&records)?;
+            if got != lsn {
+                return Err(CaptureError::Sink(SinkError::Other(
+                    format!("the log assigned LSN {got} where capture expected {lsn}: another writer appends to this source's log").into(),
+                )));
+            }
+            let last = txns.last().map(|t| t.point).unwrap_or(state.point);
+            drop(base);
+            self.shadow.apply(
+                &pending,
+                ShadowState {
+                    point: last,
+                    lsn,
+                    page_size: page_size as u32,
+                },
+            )?;
+            self.stats.transactions += txns.len() as u64;
+            self.stats.last_position = Some(last.position(false));
+            self.stats.last_lsn = lsn;
+            Ok(())
+        })();
+        match result {
+            Ok(()) => {
+                self.decoder = Some(decoder);
+                Ok(())
+            }
+            Err(e) => {
+                // The decoder may have advanced past the shadow: rebuild it on the next call.
+                self.decoder = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Compares the whole current state with the shadow and logs the difference as one
+    /// coarse transaction. The caller holds a read transaction.
+    fn resync(&mut self) -> Result<(), CaptureError> {
+        let (pages, point, page_size) = self.current_state()?;
+        let n = self.apply_state_diff(pages, point, page_size, true)?;
+        self.stats.resyncs += 1;
+        tracing::warn!(db = %self.db_path.display(), changes = n, "resynchronised with the database after a gap in the WAL (ferry was not running while the application checkpointed)");
+        Ok(())
+    }
+
+    /// Decodes the difference between the shadow and a full state and logs it.
+    fn apply_state_diff(
+        &mut self,
+        wal_pages: HashMap<u32, Page>,
+        point: ResumePoint,
+        page_size: usize,
+        from_gap: bool,
+    ) -> Result<usize, CaptureError> {
+        let state = self.shadow.state.ok_or_else(|| ShadowError::Corrupt {
+            path: self.db_path.clone(),
+            problem: "no state".into(),
+        })?;
+        if page_size != state.page_size as usize {
+            return Err(self.decode_err()(DecodeError::PageSizeChanged {
+                from: state.page_size as usize,
+                to: page_size,
+            }));
+        }
+        if self.decoder.is_none() {
+            let pages = self.shadow.pages().ok_or_else(|| ShadowError::Corrupt {
+                path: self.db_path.clone(),
+                problem: "no state".into(),
+            })?;
+            self.decoder = Some(Decoder::build(&pages).map_err(self.decode_err())?);
+        }
+        let mut decoder = self.decoder.take().ok_or_else(|| ShadowError::Corrupt {
+            path: self.db_path.clone(),
+            problem: "no decoder".into(),
+        })?;
+        let result = (|| {
+            let base = self.shadow.pages().ok_or_else(|| ShadowError::Corrupt {
+                path: self.db_path.clone(),
+                problem: "no state".into(),
+            })?;
+            let file = FilePages {
+                file: &self.db_file,
+                path: &self.db_path,
+                page_size,
+                count: point.db_pages,
+            };
+            let now = Overlay {
+                base: &file,
+                pages: &wal_pages,
+                count: point.db_pages,
+            };
+            let changed = differing_pages(&base, &now).map_err(self.decode_err())?;
+            let mut diff_pages: HashMap<u32, Page> = HashMap::new();
+            for &p in &changed {
+                if p <= point.db_pages {
+                    diff_pages.insert(p, now.page(p).map_err(|e| self.decode_err()(e.into()))?);
+                }
+            }
+            let after = Overlay {
+                base: &base,
+                pages: &diff_pages,
+                count: point.db_pages,
+            };
+            let d = decoder
+                .decode(&base, &after, &changed)
+                .map_err(self.decode_err())?;
+            let n = d.changes.len();
+            let lsn = self.sink.durable_lsn().next();
+            let position = point.position(true);
+            let entry = JournalEntry {
+                lsn,
+                point,
+                position: &position,
+                pages: &diff_pages,
+            };
+            self.shadow.journal_batch(&[entry])?;
+            count_changes(&mut self.stats, &d.changes, d.schema_changes.len());
+            let rec = Record::Transaction(Transaction {
+                position: position.clone(),
+                captured_at: now_micros(),
+                schema_changes: d.schema_changes,
+                changes: d.changes,
+                resync: true,
+            });
+            let got = self.sink.append_batch(&[rec])?;
+            drop(base);
+            self.shadow.apply(
+                &diff_pages,
+                ShadowState {
+                    point,
+                    lsn: got,
+                    page_size: page_size as u32,
+                },
+            )?;
+            self.stats.transactions += 1;
+            self.stats.last_position = Some(position);
+            self.stats.last_lsn = got;
+            let _ = from_gap;
+            Ok(n)
+        })();
+        match result {
+            Ok(n) => {
+                self.decoder = Some(decoder);
+                Ok(n)
+            }
+            Err(e) => {
+                self.decoder = None;
+                Err(e)
+            }
+        }
+    }
+
+    /// Rollback-journal mode: when the change counter moved, compare every page under a
+    /// shared lock (a read transaction) and log the difference.
+    fn poll_rollback(&mut self, hdr: DbHeader, state: ShadowState) -> Result<bool, CaptureError> {
+        if hdr.change_counter == state.point.change_counter {
+            return Ok(false);
+        }
+        self.release_all()?;
+        let r = self.take_new_reader()?;
+        let res = (|| {
+            let (pages, point, ps) = self.current_state()?;
+            self.apply_state_diff(pages, point, ps, false)
+        })();
+        self.end_read(r)?;
+        res?;
+        self.stats.rollback_polls += 1;
+        Ok(false)
+    }
+
+    /// Keeps the WAL bounded. Readers held just behind a sustained writer keep SQLite from
+    /// ever restarting the WAL, so when it passes half the limit ferry: backfills with a
+    /// PASSIVE checkpoint (up to its own read mark), takes the write lock with a fast-retry
+    /// busy handler (a hot writer cannot starve it), reads the WAL to its very end and makes
+    /// it durable, releases its readers, backfills the rest, opens a new reader (read mark 0
+    /// when everything is backfilled, which does not block a restart) and lets go. The
+    /// application's next write then restarts the WAL from its beginning.
+    pub fn bound_wal(&mut self) -> Result<(), CaptureError> {
+        let Some(wal) = self.wal_file.as_ref() else {
+            return Ok(());
+        };
+        let Some(state) = self.shadow.state else {
+            return Ok(());
+        };
+        let Some(h) = crate::wal_tail::read_header(wal).map_err(self.io_err(&self.wal_path))?
+        else {
+            return Ok(());
+        };
+        let in_use = u64::from(state.point.frame) * h.frame_size() as u64;
+        if in_use < self.opts.wal_limit_bytes / 2 {
+            return Ok(());
+        }
+        let Some(held) = self.held else { return Ok(()) };
+        let idle = 1 - held;
+        // 1. Backfill what our mark allows, without any lock.
+        let _ = self.conns[idle]
+            .wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE);
+        // 2. The write lock, on a connection of its own, retrying fast.
+        let mut w = open_conn(&self.db_path)?;
+        let deadline = Instant::now() + self.opts.lock_acquire_timeout;
+        w.busy_handler(Some(move |_n: i32| {
+            std::thread::yield_now();
+            Instant::now() < deadline
+        }))
+        .map_err(sqlite_err(&self.db_path))?;
+        if w.execute_batch("BEGIN IMMEDIATE").is_err() {
+            self.stats.wal_bound_failures += 1;
+            return Ok(());
+        }
+        let locked_at = Instant::now();
+        let res = (|| {
+            // 3. Read to the very end: nobody can append now.
+            loop {
+                let state = self.shadow.state.ok_or_else(|| ShadowError::Corrupt {
+                    path: self.db_path.clone(),
+                    problem: "no state".into(),
+                })?;
+                let Some(wal) = self.wal_file.as_ref() else {
+                    break;
+                };
+                match scan(
+                    wal,
+                    ScanStart::After(state.point),
+                    state.point.change_counter,
+                    self.opts.batch_bytes,
+                )
+                .map_err(self.io_err(&self.wal_path))?
+                {
+                    ScanOutcome::Frames { txns, more, .. } => {
+                        self.apply_batch(txns)?;
+                        if !more {
+                            break;
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            // 4. Release our readers, backfill everything, take a fresh reader.
+            self.end_read(0)?;
+            self.end_read(1)?;
+            self.held = None;
+            let r = self.conns[0]
+                .wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE);
+            self.begin_read(0)?;
+            self.held = Some(0);
+            Ok::<_, CaptureError>(r)
+        })();
+        let _ = w.execute_batch("ROLLBACK");
+        let hold = locked_at.elapsed();
+        drop(w);
+        self.stats.lock_hold_max = self.stats.lock_hold_max.max(hold);
+        self.stats.lock_hold_total += hold;
+        match res {
+            Ok(Ok((log, ckpt))) if log == ckpt => self.stats.wal_bound_rounds += 1,
+            Ok(_) => self.stats.wal_bound_failures += 1,
+            Err(e) => return Err(e),
+        }
+        Ok(())
+    }
+}
+
+fn count_changes(stats: &mut CaptureStats, changes: &[ferry_core::RowChange], schema: usize) {
+    for c in changes {
+        match c.op {
+            Op::Insert => stats.inserts += 1,
+            Op::Update => stats.updates += 1,
+            Op::Delete => stats.deletes += 1,
+        }
+    }
+    stats.schema_changes += schema as u64;
+}
+
+impl Drop for SqliteCapture {
+    fn drop(&mut self) {
+        let _ = self.release_all();
+    }
+}
+
+fn watch_dir(db_path: &Path) -> Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
+    use notify::Watcher;
+    let (tx, rx) = mpsc::sync_channel::<()>(1);
+    let mut w = notify::recommended_watcher(move |_ev: notify::Result<notify::Event>| {
+        let _ = tx.try_send(());
+    })
+    .ok()?;
+    let dir = db_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    w.watch(dir, notify::RecursiveMode::NonRecursive).ok()?;
+    Some((w, rx))
+}

@@ -1,0 +1,480 @@
+//! The shadow: a page-exact copy of the source database as of the last captured
+//! transaction, kept in the capture directory, and the journal that keeps it consistent with
+//! the log across crashes.
+//!
+//! Files in the capture directory:
+//! - `shadow.db`: page `n` at byte `(n-1) * page_size`, exactly `page_count` pages.
+//! - `shadow.state`: where the shadow stands — the resume point in the source (salts, frame,
+//!   running checksum, database size, change counter) and the LSN of the log record that
+//!   brought it there. Replaced by temp → fsync → rename → directory fsync.
+//! - `shadow.journal`: redo entries for a batch in flight, one per transaction: the LSN its
+//!   record will have, its resume point and its page images; each entry framed as length,
+//!   CRC32C, body.
+//!
+//! Order of a batch (so that a crash at any instant leaves the shadow never ahead of the log,
+//! and the log never ahead of what the shadow can be brought to):
+//! 1. append the batch's entries to the journal and fsync it;
+//! 2. append the records to the log (durable on return);
+//! 3. write the pages into `shadow.db`, set its length, fsync;
+//! 4. write `shadow.state` (temp, fsync, rename, fsync dir);
+//! 5. truncate the journal.
+//!
+//! On open, entries whose LSN the log holds (and whose log record carries the entry's source
+//! position) are redone in order, the rest discarded; then steps 3–5 run. Redo is idempotent:
+//! entries are whole page images.
+
+use crate::pages::{FilePages, Page, read_full_at};
+use crate::sink::RecordSink;
+use ferry_core::{Lsn, SourcePosition};
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ShadowError {
+    #[error("shadow I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "shadow state file {path} is corrupt ({problem}); delete the capture directory to take a new snapshot"
+    )]
+    Corrupt { path: PathBuf, problem: String },
+    #[error(transparent)]
+    Sink(#[from] crate::sink::SinkError),
+}
+
+/// Where in the source the shadow (or a transaction) stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ResumePoint {
+    /// The WAL generation, `None` when the state was read from the database file without WAL
+    /// frames (rollback mode, or no WAL header).
+    pub salts: Option<(u32, u32)>,
+    /// Last consumed frame (0: only the header).
+    pub frame: u32,
+    pub checksum: (u32, u32),
+    pub db_pages: u32,
+    pub change_counter: u32,
+}
+
+impl ResumePoint {
+    const LEN: usize = 1 + 4 * 7;
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(u8::from(self.salts.is_some()));
+        let (s1, s2) = self.salts.unwrap_or((0, 0));
+        for v in [
+            s1,
+            s2,
+            self.frame,
+            self.checksum.0,
+            self.checksum.1,
+            self.db_pages,
+            self.change_counter,
+        ] {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    fn decode(b: &[u8]) -> Option<ResumePoint> {
+        if b.len() < Self::LEN {
+            return None;
+        }
+        let w =
+            |i: usize| u32::from_le_bytes([b[1 + 4 * i], b[2 + 4 * i], b[3 + 4 * i], b[4 + 4 * i]]);
+        Some(ResumePoint {
+            salts: (b[0] == 1).then(|| (w(0), w(1))),
+            frame: w(2),
+            checksum: (w(3), w(4)),
+            db_pages: w(5),
+            change_counter: w(6),
+        })
+    }
+
+    /// The source position records carry for this point.
+    pub fn position(&self, from_file: bool) -> SourcePosition {
+        let wal = self.salts.map(|(salt1, salt2)| ferry_core::WalPosition {
+            salt1,
+            salt2,
+            frame: self.frame,
+            checksum1: self.checksum.0,
+            checksum2: self.checksum.1,
+            db_pages: self.db_pages,
+        });
+        match wal {
+            Some(w) if !from_file && w.frame > 0 => SourcePosition::SqliteWal(w),
+            wal => SourcePosition::SqliteFile {
+                change_counter: self.change_counter,
+                wal,
+            },
+        }
+    }
+}
+
+/// The persisted state of the shadow.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ShadowState {
+    pub point: ResumePoint,
+    pub lsn: Lsn,
+    pub page_size: u32,
+}
+
+/// One transaction's redo entry.
+pub struct JournalEntry<'a> {
+    pub lsn: Lsn,
+    pub point: ResumePoint,
+    pub position: &'a SourcePosition,
+    pub pages: &'a HashMap<u32, Page>,
+}
+
+pub struct Shadow {
+    dir: PathBuf,
+    db_path: PathBuf,
+    db: File,
+    journal: File,
+    pub state: Option<ShadowState>,
+}
+
+const STATE_MAGIC: &[u8; 8] = b"FRYSHST1";
+
+impl Shadow {
+    /// Opens the shadow in `dir`, recovering an interrupted batch against `sink`.
+    pub fn open(dir: &Path, sink: &dyn RecordSink) -> Result<Shadow, ShadowError> {
+        let io = |p: &Path| {
+            let p = p.to_path_buf();
+            move |source| ShadowError::Io {
+                path: p.clone(),
+                source,
+            }
+        };
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let db_path = dir.join("shadow.db");
+        let db = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&db_path)
+            .map_err(io(&db_path))?;
+        let jpath = dir.join("shadow.journal");
+        let journal = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&jpath)
+            .map_err(io(&jpath))?;
+        let state = read_state(&dir.join("shadow.state"))?;
+        let mut s = Shadow {
+            dir: dir.to_path_buf(),
+            db_path,
+            db,
+            journal,
+            state,
+        };
+        s.recover(sink)?;
+        Ok(s)
+    }
+
+    fn io(&self, p: &Path) -> impl Fn(std::io::Error) -> ShadowError {
+        let p = p.to_path_buf();
+        move |source| ShadowError::Io {
+            path: p.clone(),
+            source,
+        }
+    }
+
+    pub fn pages(&self) -> Option<FilePages<'_>> {
+        let st = self.state?;
+        Some(FilePages {
+            file: &self.db,
+            path: &self.db_path,
+            page_size: st.page_size as usize,
+            count: st.point.db_pages,
+        })
+    }
+
+    /// Pages of the shadow file with an explicit geometry (while a snapshot is being built).
+    pub fn raw_pages(&self, page_size: usize, count: u32) -> FilePages<'_> {
+        FilePages {
+            file: &self.db,
+            path: &self.db_path,
+            page_size,
+            count,
+        }
+    }
+
+    fn recover(&mut self, sink: &dyn RecordSink) -> Result<(), ShadowError> {
+        let jpath = self.dir.join("shadow.journal");
+        let mut buf = Vec::new();
+        {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut j = &self.journal;
+            j.seek(SeekFrom::Start(0)).map_err(self.io(&jpath))?;
+            j.read_to_end(&mut buf).map_err(self.io(&jpath))?;
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        let Some(state) = self.state else {
+            // A snapshot never completed: the journal belongs to nothing.
+            self.journal.set_len(0).map_err(self.io(&jpath))?;
+            return Ok(());
+        };
+        let durable = sink.durable_lsn();
+        let mut pos = 0usize;
+        let mut applied: HashMap<u32, Vec<u8>> = HashMap::new();
+        let mut new_state = state;
+        while pos + 8 <= buf.len() {
+            let len =
+                u32::from_le_bytes([buf[pos], buf[pos + 1], buf[pos + 2], buf[pos + 3]]) as usize;
+            let crc = u32::from_le_bytes([buf[pos + 4], buf[pos + 5], buf[pos + 6], buf[pos + 7]]);
+            let Some(body) = buf.get(pos + 8..pos + 8 + len) else {
+                break;
+            };
+            if crc32c::crc32c(body) != crc {
+                break;
+            }
+            pos += 8 + len;
+            let Some(entry) = parse_entry(body, state.page_size as usize) else {
+                break;
+            };
+            if entry.lsn <= state.lsn {
+                continue;
+            }
+            if entry.lsn > durable {
+                break;
+            }
+            // The log must hold this very transaction at that LSN.
+            let holds = matches!(sink.record_at(entry.lsn)?, Some(ferry_core::Record::Transaction(t)) if t.position == entry.position);
+            if !holds {
+                break;
+            }
+            for (pg, data) in entry.pages {
+                applied.insert(pg, data);
+            }
+            new_state = ShadowState {
+                point: entry.point,
+                lsn: entry.lsn,
+                page_size: state.page_size,
+            };
+        }
+        let pages: HashMap<u32, Page> = applied
+            .into_iter()
+            .map(|(k, v)| (k, Arc::from(v)))
+            .collect();
+        self.apply(&pages, new_state)?;
+        Ok(())
+    }
+
+    /// Step 1: journal a batch durably.
+    pub fn journal_batch(&self, entries: &[JournalEntry<'_>]) -> Result<(), ShadowError> {
+        let jpath = self.dir.join("shadow.journal");
+        let mut out = Vec::new();
+        for e in entries {
+            let mut body = Vec::new();
+            body.extend_from_slice(&e.lsn.0.to_le_bytes());
+            e.point.encode(&mut body);
+            let pos = postcard_position(e.position);
+            body.extend_from_slice(&(pos.len() as u32).to_le_bytes());
+            body.extend_from_slice(&pos);
+            body.extend_from_slice(&(e.pages.len() as u32).to_le_bytes());
+            for (pg, data) in e.pages {
+                body.extend_from_slice(&pg.to_le_bytes());
+                body.extend_from_slice(data);
+            }
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+            out.extend_from_slice(&body);
+        }
+        let mut j = &self.journal;
+        use std::io::{Seek, SeekFrom};
+        j.seek(SeekFrom::End(0)).map_err(self.io(&jpath))?;
+        j.write_all(&out).map_err(self.io(&jpath))?;
+        self.journal.sync_data().map_err(self.io(&jpath))?;
+        Ok(())
+    }
+
+    /// Steps 3–5: apply pages to the shadow and move its state.
+    pub fn apply(
+        &mut self,
+        pages: &HashMap<u32, Page>,
+        state: ShadowState,
+    ) -> Result<(), ShadowError> {
+        let ps = state.page_size as u64;
+        for (&pg, data) in pages {
+            if pg == 0 || pg > state.point.db_pages {
+                continue;
+            }
+            self.db
+                .write_all_at(data, u64::from(pg - 1) * ps)
+                .map_err(self.io(&self.db_path))?;
+        }
+        self.db
+            .set_len(u64::from(state.point.db_pages) * ps)
+            .map_err(self.io(&self.db_path))?;
+        self.db.sync_data().map_err(self.io(&self.db_path))?;
+        self.write_state(state)?;
+        let jpath = self.dir.join("shadow.journal");
+        self.journal.set_len(0).map_err(self.io(&jpath))?;
+        Ok(())
+    }
+
+    /// Writes a whole page into the shadow file (snapshot copy), without moving the state.
+    pub fn write_page(
+        &mut self,
+        pg: u32,
+        page_size: usize,
+        data: &[u8],
+    ) -> Result<(), ShadowError> {
+        self.db
+            .write_all_at(data, u64::from(pg - 1) * page_size as u64)
+            .map_err(self.io(&self.db_path))
+    }
+
+    /// Forgets the state (a new snapshot starts).
+    pub fn reset(&mut self) -> Result<(), ShadowError> {
+        let spath = self.dir.join("shadow.state");
+        match std::fs::remove_file(&spath) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(ShadowError::Io {
+                    path: spath,
+                    source: e,
+                });
+            }
+        }
+        self.state = None;
+        self.db.set_len(0).map_err(self.io(&self.db_path))?;
+        Ok(())
+    }
+
+    pub fn finish_snapshot(&mut self, state: ShadowState) -> Result<(), ShadowError> {
+        self.db
+            .set_len(u64::from(state.point.db_pages) * u64::from(state.page_size))
+            .map_err(self.io(&self.db_path))?;
+        self.db.sync_all().map_err(self.io(&self.db_path))?;
+        self.write_state(state)
+    }
+
+    fn write_state(&mut self, state: ShadowState) -> Result<(), ShadowError> {
+        let path = self.dir.join("shadow.state");
+        let tmp = self.dir.join("shadow.state.tmp");
+        let mut b = Vec::new();
+        b.extend_from_slice(STATE_MAGIC);
+        state.point.encode(&mut b);
+        b.extend_from_slice(&state.lsn.0.to_le_bytes());
+        b.extend_from_slice(&state.page_size.to_le_bytes());
+        let crc = crc32c::crc32c(&b);
+        b.extend_from_slice(&crc.to_le_bytes());
+        {
+            let mut f = File::create(&tmp).map_err(self.io(&tmp))?;
+            f.write_all(&b).map_err(self.io(&tmp))?;
+            f.sync_all().map_err(self.io(&tmp))?;
+        }
+        std::fs::rename(&tmp, &path).map_err(self.io(&path))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io(&self.dir))?;
+        self.state = Some(state);
+        Ok(())
+    }
+
+    /// Reads one page of the shadow (for tests and verification).
+    pub fn read_page(&self, pg: u32, buf: &mut [u8]) -> Result<(), ShadowError> {
+        let ps = buf.len() as u64;
+        read_full_at(&self.db, buf, u64::from(pg - 1) * ps).map_err(self.io(&self.db_path))
+    }
+}
+
+fn postcard_position(p: &SourcePosition) -> Vec<u8> {
+    // The record encoding of a heartbeat carries exactly the position; reuse it so the
+    // journal needs no second serialisation format.
+    ferry_core::Record::Heartbeat(ferry_core::Heartbeat {
+        at: 0,
+        position: p.clone(),
+    })
+    .encode()
+}
+
+struct ParsedEntry {
+    lsn: Lsn,
+    point: ResumePoint,
+    position: SourcePosition,
+    pages: Vec<(u32, Vec<u8>)>,
+}
+
+fn parse_entry(b: &[u8], page_size: usize) -> Option<ParsedEntry> {
+    let lsn = Lsn(u64::from_le_bytes(b.get(0..8)?.try_into().ok()?));
+    let point = ResumePoint::decode(b.get(8..)?)?;
+    let mut pos = 8 + ResumePoint::LEN;
+    let plen = u32::from_le_bytes(b.get(pos..pos + 4)?.try_into().ok()?) as usize;
+    pos += 4;
+    let position = match ferry_core::Record::decode(b.get(pos..pos + plen)?).ok()? {
+        ferry_core::Record::Heartbeat(h) => h.position,
+        _ => return None,
+    };
+    pos += plen;
+    let n = u32::from_le_bytes(b.get(pos..pos + 4)?.try_into().ok()?) as usize;
+    pos += 4;
+    let mut pages = Vec::with_capacity(n);
+    for _ in 0..n {
+        let pg = u32::from_le_bytes(b.get(pos..pos + 4)?.try_into().ok()?);
+        pos += 4;
+        pages.push((pg, b.get(pos..pos + page_size)?.to_vec()));
+        pos += page_size;
+    }
+    Some(ParsedEntry {
+        lsn,
+        point,
+        position,
+        pages,
+    })
+}
+
+fn read_state(path: &Path) -> Result<Option<ShadowState>, ShadowError> {
+    let b = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(source) => {
+            return Err(ShadowError::Io {
+                path: path.to_path_buf(),
+                source,
+            });
+        }
+    };
+    let corrupt = |problem: &str| ShadowError::Corrupt {
+        path: path.to_path_buf(),
+        problem: problem.to_string(),
+    };
+    let body_len = 8 + ResumePoint::LEN + 8 + 4;
+    if b.len() != body_len + 4 || &b[..8] != STATE_MAGIC {
+        return Err(corrupt("wrong size or magic"));
+    }
+    let crc = u32::from_le_bytes([
+        b[body_len],
+        b[body_len + 1],
+        b[body_len + 2],
+        b[body_len + 3],
+    ]);
+    if crc32c::crc32c(&b[..body_len]) != crc {
+        return Err(corrupt("checksum mismatch"));
+    }
+    let point = ResumePoint::decode(&b[8..]).ok_or_else(|| corrupt("short"))?;
+    let o = 8 + ResumePoint::LEN;
+    let lsn = Lsn(u64::from_le_bytes(
+        b[o..o + 8].try_into().map_err(|_| corrupt("short"))?,
+    ));
+    let page_size = u32::from_le_bytes(b[o + 8..o + 12].try_into().map_err(|_| corrupt("short"))?);
+    Ok(Some(ShadowState {
+        point,
+        lsn,
+        page_size,
+    }))
+}

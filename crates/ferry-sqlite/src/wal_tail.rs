@@ -1,0 +1,177 @@
+//! Reading committed transactions out of a WAL file through one long-lived descriptor.
+//!
+//! A scan starts at a [`ResumePoint`] (salts, last consumed frame, running checksum) and
+//! validates every following frame (salts and the cumulative checksum chain); it stops at
+//! the first invalid frame and returns only transactions that end in a commit frame, since
+//! frames of an open or rolled-back transaction can sit in the file with valid checksums and
+//! be rewritten later. Whether a WAL with other salts is a continuation or a gap is the
+//! caller's call ([`ScanStart`]): only the tailer knows whether it held a read transaction
+//! the whole time (see `capture.rs`).
+
+use crate::format::wal::{FRAME_HEADER_SIZE, WAL_HEADER_SIZE, WalFrameHeader, WalHeader};
+use crate::pages::Page;
+use crate::shadow::ResumePoint;
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+/// One committed transaction: the last image of each page it wrote, cut to its database size.
+pub struct WalTxn {
+    pub pages: HashMap<u32, Page>,
+    pub point: ResumePoint,
+    pub frames: u32,
+}
+
+pub enum ScanStart {
+    /// Continue after `from`: valid only in the same WAL generation.
+    After(ResumePoint),
+    /// Read the current generation from its first frame (a continuation proven by the caller).
+    Beginning,
+}
+
+pub enum ScanOutcome {
+    /// Transactions found (possibly none) and the header they were read under.
+    Frames {
+        header: WalHeader,
+        txns: Vec<WalTxn>,
+        more: bool,
+    },
+    /// The WAL has no valid header (never written, or truncated by a TRUNCATE checkpoint).
+    NoHeader,
+    /// The WAL is not the one `from` was read from, or no longer holds `from`'s frame.
+    NotContinuous,
+}
+
+/// Reads the WAL header.
+pub fn read_header(wal: &File) -> std::io::Result<Option<WalHeader>> {
+    let mut b = [0u8; WAL_HEADER_SIZE];
+    let len = wal.metadata()?.len();
+    if len < WAL_HEADER_SIZE as u64 {
+        return Ok(None);
+    }
+    wal.read_exact_at(&mut b, 0)?;
+    Ok(WalHeader::parse(&b).ok().flatten())
+}
+
+/// Scans committed transactions, stopping after `max_bytes` of page images (at a commit).
+pub fn scan(
+    wal: &File,
+    start: ScanStart,
+    change_counter: u32,
+    max_bytes: usize,
+) -> std::io::Result<ScanOutcome> {
+    let Some(header) = read_header(wal)? else {
+        return Ok(ScanOutcome::NoHeader);
+    };
+    let fsize = header.frame_size();
+    let (mut frame, mut cksum) = match start {
+        ScanStart::Beginning => (0u32, header.checksum),
+        ScanStart::After(p) => {
+            if p.salts != Some((header.salt1, header.salt2)) {
+                return Ok(ScanOutcome::NotContinuous);
+            }
+            if p.frame > 0 {
+                // The frame we stopped at must still be there, with the checksum we saw.
+                let mut fh = [0u8; FRAME_HEADER_SIZE];
+                let off = header.frame_offset(p.frame);
+                if wal.read_at(&mut fh, off)? < FRAME_HEADER_SIZE {
+                    return Ok(ScanOutcome::NotContinuous);
+                }
+                match WalFrameHeader::parse(&fh) {
+                    Some(h)
+                        if h.salt1 == header.salt1
+                            && h.salt2 == header.salt2
+                            && h.checksum == p.checksum => {}
+                    _ => return Ok(ScanOutcome::NotContinuous),
+                }
+            } else if p.checksum != header.checksum {
+                return Ok(ScanOutcome::NotContinuous);
+            }
+            (p.frame, p.checksum)
+        }
+    };
+    let file_len = wal.metadata()?.len();
+    let mut txns = Vec::new();
+    let mut cur: HashMap<u32, Page> = HashMap::new();
+    let mut cur_frames = 0u32;
+    let mut bytes = 0usize;
+    let mut cc = change_counter;
+    const CHUNK_FRAMES: u64 = 256;
+    let mut buf = Vec::new();
+    loop {
+        let off = header.frame_offset(frame + 1);
+        if off + fsize as u64 > file_len {
+            return Ok(ScanOutcome::Frames {
+                header,
+                txns,
+                more: false,
+            });
+        }
+        let n = ((file_len - off) / fsize as u64).min(CHUNK_FRAMES) as usize;
+        buf.resize(n * fsize, 0);
+        let got = read_up_to(wal, &mut buf, off)?;
+        let n = got / fsize;
+        if n == 0 {
+            return Ok(ScanOutcome::Frames {
+                header,
+                txns,
+                more: false,
+            });
+        }
+        for i in 0..n {
+            let f = &buf[i * fsize..(i + 1) * fsize];
+            let Some((fh, c)) = WalFrameHeader::validate(f, &header, cksum) else {
+                return Ok(ScanOutcome::Frames {
+                    header,
+                    txns,
+                    more: false,
+                });
+            };
+            cksum = c;
+            frame += 1;
+            cur_frames += 1;
+            let page: Page = Arc::from(&f[FRAME_HEADER_SIZE..]);
+            if fh.pgno == 1 && page.len() >= 28 {
+                cc = u32::from_be_bytes([page[24], page[25], page[26], page[27]]);
+            }
+            cur.insert(fh.pgno, page);
+            if fh.commit != 0 {
+                let mut pages = std::mem::take(&mut cur);
+                pages.retain(|&p, _| p <= fh.commit);
+                bytes += pages.len() * header.page_size;
+                txns.push(WalTxn {
+                    pages,
+                    point: ResumePoint {
+                        salts: Some((header.salt1, header.salt2)),
+                        frame,
+                        checksum: cksum,
+                        db_pages: fh.commit,
+                        change_counter: cc,
+                    },
+                    frames: cur_frames,
+                });
+                cur_frames = 0;
+                if bytes >= max_bytes {
+                    return Ok(ScanOutcome::Frames {
+                        header,
+                        txns,
+                        more: true,
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn read_up_to(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f.read_at(&mut buf[done..], off + done as u64)?;
+        if n == 0 {
+            break;
+        }
+        done += n;
+    }
+    Ok(done)
+}
