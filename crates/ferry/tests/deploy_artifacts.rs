@@ -81,6 +81,30 @@ pub fn documented_metrics(metrics_md: &str) -> BTreeMap<String, MetricKind> {
     names
 }
 
+/// The labels of each metric in the table of `proto/metrics.md` (the backticked names of the
+/// labels column; the value lists in parentheses are left out).
+pub fn documented_labels(metrics_md: &str) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out = BTreeMap::new();
+    for line in metrics_md.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 5 || !cells[1].starts_with("`ferry_") {
+            continue;
+        }
+        let mut labels = BTreeSet::new();
+        let mut depth = 0;
+        for (i, part) in cells[3].split('`').enumerate() {
+            if i % 2 == 0 {
+                depth += part.matches('(').count();
+                depth -= part.matches(')').count().min(depth);
+            } else if depth == 0 {
+                labels.insert(part.to_string());
+            }
+        }
+        out.insert(cells[1].trim_matches('`').to_string(), labels);
+    }
+    out
+}
+
 /// Every PromQL expression of a Grafana dashboard: each string under an `expr` key anywhere in
 /// the document (panels, panels nested in collapsed rows, annotations), and the query of each
 /// query-type template variable.
@@ -478,6 +502,60 @@ fn dashboard_variables_and_layout() {
         }
     }
     assert!(panels.len() >= 20, "only {} panels", panels.len());
+}
+
+#[test]
+fn labels_table_is_read_without_value_lists() {
+    let labels = documented_labels(&read_repo_file("proto/metrics.md"));
+    let set = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<BTreeSet<_>>();
+    assert_eq!(
+        labels.get("ferry_source_errors_total"),
+        Some(&set(&["source", "stage", "kind"]))
+    );
+    assert_eq!(
+        labels.get("ferry_captured_rows_total"),
+        Some(&set(&["source", "op"]))
+    );
+    assert_eq!(labels.get("ferry_build_info"), Some(&set(&["version"])));
+    assert_eq!(labels.len(), load_documented().len());
+}
+
+#[test]
+fn dashboard_groups_and_legends_use_labels_the_metrics_have() {
+    let documented = load_documented();
+    let labels = documented_labels(&read_repo_file("proto/metrics.md"));
+    let dashboard = load_dashboard();
+    let mut problems = Vec::new();
+    for panel in all_panels(&dashboard) {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().unwrap_or("");
+            // Labels every scraped series has, plus the bucket bound of histogram series.
+            let mut allowed: BTreeSet<String> = ["instance", "job", "le"].map(String::from).into();
+            for name in ferry_metric_names(expr, &documented) {
+                allowed.extend(labels.get(&name).into_iter().flatten().cloned());
+            }
+            let grouped = expr
+                .split("by (")
+                .skip(1)
+                .filter_map(|rest| rest.split_once(')'))
+                .flat_map(|(list, _)| list.split(',').map(str::trim));
+            let legend = target["legendFormat"].as_str().unwrap_or("");
+            let in_legend = legend
+                .split("{{")
+                .skip(1)
+                .filter_map(|rest| rest.split_once("}}"))
+                .map(|(label, _)| label.trim());
+            for label in grouped.chain(in_legend) {
+                if !allowed.contains(label) {
+                    problems.push(format!(
+                        "{:?}: label {label:?} is not a label of {expr}",
+                        panel["title"]
+                    ));
+                }
+            }
+        }
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
