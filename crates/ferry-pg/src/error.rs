@@ -170,7 +170,7 @@ pub(crate) fn is_transient_pg(e: &tokio_postgres::Error) -> bool {
                 }
                 src = s.source();
             }
-            e.as_db_error().is_none()
+            false
         }
     }
 }

@@ -31,7 +31,10 @@ pub async fn advance_sequences<C: GenericClient>(
                 continue;
             }
             let seq: Option<String> = client
-                .query_one("SELECT pg_get_serial_sequence($1, $2)", &[&q, &c.target])
+                .query_one(
+                    "SELECT pg_get_serial_sequence($1::text, $2::text)",
+                    &[&q, &c.target],
+                )
                 .await
                 .map_err(|e| {
                     PgError::pg(format!("looking up the sequence of {q}.{}", c.target), e)
@@ -62,7 +65,7 @@ pub async fn advance_sequences<C: GenericClient>(
             // Forward only: never below the sequence's own position.
             let v: i64 = client
                 .query_one(
-                    "SELECT setval($1::regclass, GREATEST($2::bigint, COALESCE(pg_sequence_last_value($1::regclass), 0)), true)",
+                    "SELECT setval($1::text::regclass, GREATEST($2::bigint, COALESCE(pg_sequence_last_value($1::text::regclass), 0)), true)",
                     &[&seq, &target],
                 )
                 .await

@@ -1529,7 +1529,7 @@ async fn alter_table(
     if old_key != new_key {
         let pk_name: Option<String> = tx
             .query_opt(
-                "SELECT conname::text FROM pg_constraint WHERE conrelid = $1::regclass AND contype = 'p'",
+                "SELECT conname::text FROM pg_constraint WHERE conrelid = $1::text::regclass AND contype = 'p'",
                 &[&cur],
             )
             .await
