@@ -172,3 +172,128 @@ pub fn sqlite_tables(db: &Path) -> std::collections::BTreeMap<String, Vec<Vec<se
     }
     out
 }
+
+/// A small log written with the log library: a snapshot of `users` (one row), then a
+/// transaction with an insert (invalid UTF-8 text, a blob) and an update, then a delete.
+/// Folded, `users` holds exactly `(1, 'Ann', NULL)`.
+pub mod sample_log {
+    use ferry_core::state_dir::StateDir;
+    use ferry_core::{
+        Affinity, Column, KeyColumns, Lsn, Record, RowChange, SnapshotBegin, SnapshotEnd,
+        SnapshotRow, SnapshotRows, SourceId, SourcePosition, TableSchema, Transaction, Value,
+        WalPosition,
+    };
+
+    fn column(name: &str, decl: &str, pk: u32) -> Column {
+        Column {
+            name: name.into(),
+            decl_type: decl.into(),
+            affinity: Affinity::from_declared_type(decl),
+            not_null: false,
+            default_sql: None,
+            default_value: None,
+            pk_position: pk,
+            generated: None,
+            collation: None,
+        }
+    }
+
+    pub fn users() -> TableSchema {
+        TableSchema {
+            name: "users".into(),
+            columns: vec![
+                column("id", "INTEGER", 1),
+                column("name", "TEXT", 0),
+                column("avatar", "BLOB", 0),
+            ],
+            key: KeyColumns::PrimaryKey(vec![0]),
+            rowid_alias: Some(0),
+            without_rowid: false,
+            strict: false,
+            autoincrement: false,
+            unique: vec![],
+            foreign_keys: vec![],
+            sql: "CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT, avatar BLOB)".into(),
+        }
+    }
+
+    fn wal(frame: u32) -> SourcePosition {
+        SourcePosition::SqliteWal(WalPosition {
+            salt1: 1,
+            salt2: 2,
+            frame,
+            checksum1: 3,
+            checksum2: 4,
+            db_pages: 5,
+        })
+    }
+
+    /// Writes a small log into `<state>/sources/app/log` and returns the state dir.
+    pub fn write_log(state: &std::path::Path) {
+        let sd = StateDir::new(state);
+        let id = SourceId("app".into());
+        let log = ferry_log::Log::open(&sd.log_dir(&id), "app", ferry_log::LogOptions::default())
+            .unwrap();
+        let records = vec![
+            Record::SnapshotBegin(SnapshotBegin {
+                position: wal(1),
+                captured_at: 1_700_000_000_000_000,
+                tables: vec![users()],
+                schema_rows: vec![],
+            }),
+            Record::SnapshotRows(SnapshotRows {
+                table: "users".into(),
+                rows: vec![SnapshotRow {
+                    rowid: Some(1),
+                    values: vec![Value::Integer(1), Value::text("ann"), Value::Null],
+                }],
+            }),
+            Record::SnapshotEnd(SnapshotEnd {
+                position: wal(1),
+                captured_at: 1_700_000_000_000_001,
+                row_counts: vec![("users".into(), 1)],
+            }),
+            Record::Transaction(Transaction {
+                position: wal(7),
+                captured_at: 1_700_000_000_500_000,
+                schema_changes: vec![],
+                resync: false,
+                changes: vec![
+                    RowChange::insert(
+                        "users",
+                        vec![Value::Integer(2)],
+                        vec![
+                            Value::Integer(2),
+                            Value::Text(vec![0xff, 0x41]),
+                            Value::Blob(vec![1, 2]),
+                        ],
+                    ),
+                    RowChange::update(
+                        "users",
+                        vec![Value::Integer(1)],
+                        vec![Value::Integer(1), Value::text("ann"), Value::Null],
+                        vec![Value::Integer(1), Value::text("Ann"), Value::Null],
+                    ),
+                ],
+            }),
+            Record::Transaction(Transaction {
+                position: wal(9),
+                captured_at: 1_700_000_001_000_000,
+                schema_changes: vec![],
+                resync: false,
+                changes: vec![RowChange::delete(
+                    "users",
+                    vec![Value::Integer(2)],
+                    vec![
+                        Value::Integer(2),
+                        Value::Text(vec![0xff, 0x41]),
+                        Value::Blob(vec![1, 2]),
+                    ],
+                )],
+            }),
+        ];
+        let payloads: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
+        let range = log.append_batch(&payloads).unwrap();
+        assert_eq!(*range.end(), Lsn(5));
+    }
+}

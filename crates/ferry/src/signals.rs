@@ -31,3 +31,20 @@ pub fn stop_flag() -> Arc<AtomicBool> {
     }
     flag
 }
+
+/// For the async commands: resolves on the first SIGTERM or SIGINT.
+pub async fn wait_for_shutdown() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // Without signal handlers, never resolve: the process is stopped by other means.
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// The log directory of the chosen source (or the only one).
-fn log_dir(state_dir: PathBuf, source: Option<&str>) -> anyhow::Result<PathBuf> {
+pub fn log_dir(state_dir: PathBuf, source: Option<&str>) -> anyhow::Result<PathBuf> {
     let dir = StateDir::new(state_dir);
     if let Some(s) = source {
         let p = dir.log_dir(&SourceId(s.to_string()));

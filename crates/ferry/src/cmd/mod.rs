@@ -4,6 +4,7 @@
 pub mod demo;
 pub mod log;
 pub mod sample_app;
+pub mod ship;
 pub mod status;
 
 use crate::cli::{Cli, Command, GlobalArgs, LogFormat, SampleAppArgs};
@@ -31,7 +32,7 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(_) => not_built("run", 5),
         Command::Capture(_) => not_built("capture", 3),
-        Command::Ship(_) => not_built("ship", 4),
+        Command::Ship(a) => ship::run(a),
         Command::Snapshot(_) => not_built("snapshot", 4),
         Command::Status(a) => status::run(a),
         Command::Verify(_) => not_built("verify", 5),
