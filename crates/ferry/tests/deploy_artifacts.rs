@@ -10,14 +10,21 @@
 //! - the dashboard shows every documented metric, filters every per-source query by
 //!   `$source`, and applies `rate`/`increase` only to counters and `deriv`/`predict_linear`
 //!   only to gauges;
+//! - the dashboard's groupings and legends use only labels the metrics have;
 //! - every dashboard expression parses as PromQL (`promtool check rules` on a generated rules
-//!   file), every alert has a promtool test that makes it fire, and the unit/config/manifest
-//!   files contain the settings the deployment notes promise.
+//!   file), every alert has a promtool test that makes it fire, and the README's Prometheus
+//!   configs pass `promtool check config`;
+//! - the systemd unit has the hardening the notes promise and passes `systemd-analyze verify`
+//!   (where systemd is installed), the example config agrees with the unit, and every flag and
+//!   `FERRY_…` variable the unit, the container and the Kubernetes manifest pass is one that
+//!   `ferry run --help` lists.
 //!
-//! The extraction functions (`documented_metrics`, `dashboard_expressions`,
-//! `ferry_metric_names`, `metric_names_in_exposition`) are written to be reused by the live
-//! check: a scrape of a running `ferry run`'s `/metrics` must contain every name the dashboard
-//! and the alerts use, i.e. `used.is_subset(&metric_names_in_exposition(&scrape))`.
+//! promtool is required (scripts/ensure-deps installs it); `FERRY_WITH_PROMTOOL=0` is the
+//! explicit opt-out. The extraction functions (`documented_metrics`, `deploy_metric_names`,
+//! `dashboard_expressions`, `ferry_metric_names`, `metric_names_in_exposition`) are written to
+//! be reused by the live check: a scrape of a running `ferry run`'s `/metrics` must contain
+//! every name the dashboard and the alerts use, i.e.
+//! `deploy_metric_names().is_subset(&metric_names_in_exposition(&scrape))`.
 //!
 //! The YAML files are checked structurally by promtool (scripts/test runs `promtool check
 //! rules` and `promtool test rules`); here they are read as text, on purpose without a YAML
@@ -103,6 +110,15 @@ pub fn documented_labels(metrics_md: &str) -> BTreeMap<String, BTreeSet<String>>
         out.insert(cells[1].trim_matches('`').to_string(), labels);
     }
     out
+}
+
+/// Every metric name the dashboard and the alert rules query, spelled as in
+/// `proto/metrics.md`: what a live `/metrics` must offer.
+pub fn deploy_metric_names() -> BTreeSet<String> {
+    let documented = load_documented();
+    let mut text = dashboard_expressions(&load_dashboard()).join("\n");
+    text.push_str(&read_repo_file("deploy/prometheus/ferry-alerts.yml"));
+    ferry_metric_names(&text, &documented)
 }
 
 /// Every PromQL expression of a Grafana dashboard: each string under an `expr` key anywhere in
@@ -415,6 +431,17 @@ fn dashboard_queries_only_documented_metrics() {
         problems.extend(misapplied_functions(expr, &documented));
     }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+#[test]
+fn deploy_metric_names_are_the_documented_ones() {
+    let documented = load_documented();
+    let used = deploy_metric_names();
+    assert_eq!(
+        used,
+        documented.keys().cloned().collect::<BTreeSet<_>>(),
+        "the deploy artifacts together query exactly the documented metrics"
+    );
 }
 
 #[test]
