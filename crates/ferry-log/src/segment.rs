@@ -182,7 +182,7 @@ pub(crate) fn scan_full(
 ) -> Result<(FullScan, Chunked), LogError> {
     let (header, header_len) = read_header(&*file, path, name_lsn)?;
     let file_len = file
-        .len()
+        .size()
         .map_err(|e| LogError::io("reading the length of", path, e))?;
     let mut chunk = Chunked::new(file);
     let mut off = header_len;
@@ -312,7 +312,7 @@ pub(crate) fn check_sealed(
         .map_err(|e| LogError::io("opening", path, e))?;
     let (header, header_len) = read_header(&*file, path, name_lsn)?;
     let len = file
-        .len()
+        .size()
         .map_err(|e| LogError::io("reading the length of", path, e))?;
     match read_trailer(&*file, path, header_len, len)? {
         Some((last_lsn, _)) if last_lsn >= header.first_lsn => Ok(SealedCheck { header, last_lsn }),
@@ -361,7 +361,7 @@ pub(crate) fn describe_segments(
             });
         }
         let bytes = file
-            .len()
+            .size()
             .map_err(|e| LogError::io("reading the length of", path, e))?;
         let trailer = read_trailer(&*file, path, header_len, bytes)?;
         let last_lsn = match (segs.get(i + 1), trailer) {

@@ -324,7 +324,7 @@ impl LogFile for SimFile {
         })
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         self.with(|st, id| Ok(inode(st, id)?.data.len() as u64))
     }
 }

@@ -45,7 +45,7 @@ pub trait LogFile: Send + Sync {
     /// fdatasync.
     fn sync_data(&self) -> io::Result<()>;
     fn set_len(&self, len: u64) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    fn size(&self) -> io::Result<u64>;
 }
 
 /// A held lock; dropping it releases the lock.
@@ -150,7 +150,7 @@ impl LogFile for RealFile {
         self.0.set_len(len)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.0.metadata()?.len())
     }
 }

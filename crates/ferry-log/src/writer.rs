@@ -564,7 +564,7 @@ impl Log {
             let bytes = sh
                 .storage
                 .open_read(path)
-                .and_then(|f| f.len())
+                .and_then(|f| f.size())
                 .map_err(|e| LogError::io("reading the length of", path, e))?;
             sh.storage
                 .remove_file(path)
