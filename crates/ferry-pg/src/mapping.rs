@@ -431,8 +431,29 @@ pub fn parse_index(sql: &str) -> Result<IndexDef, String> {
         return Err("partial index (WHERE clause)".into());
     }
     let head = &sql[..on];
-    let name_part = head.split_whitespace().last().ok_or("no index name")?;
-    let name = unquote_sqlite_ident(name_part.rsplit('.').next().unwrap_or(name_part));
+    let after_index = upper[..on].find("INDEX").ok_or("no INDEX keyword")? + 5;
+    let mut name_part = head[after_index..].trim();
+    if name_part.to_ascii_uppercase().starts_with("IF NOT EXISTS") {
+        name_part = name_part[13..].trim();
+    }
+    if name_part.is_empty() {
+        return Err("no index name".into());
+    }
+    // A schema-qualified name: keep the part after the dot (outside quotes).
+    let name_part = match name_part.find("\".\"").or_else(|| {
+        (!name_part.starts_with('"'))
+            .then(|| name_part.find('.'))
+            .flatten()
+    }) {
+        Some(i) if name_part.starts_with('"') => &name_part[i + 2..],
+        Some(i) => &name_part[i + 1..],
+        None => name_part,
+    };
+    let name = if name_part.starts_with('"') && !name_part.ends_with('"') {
+        unquote_sqlite_ident(&format!("\"{}", name_part.trim_start_matches('"')))
+    } else {
+        unquote_sqlite_ident(name_part)
+    };
     let table = unquote_sqlite_ident(sql[on + 4..open].trim());
     let mut columns = Vec::new();
     for item in split_top_level(&sql[open + 1..close]) {
