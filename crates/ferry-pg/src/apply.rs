@@ -13,6 +13,7 @@
 //!    DO UPDATE` (the `DeleteInsert` strategy deletes every staged key first and inserts
 //!    plainly: the fallback for unique values that swap against constraints that cannot be
 //!    deferred, i.e. an application's own schema).
+//!
 //! Types ferry does not know travel as text and are cast by the server (`c3::mood`).
 //! The caller runs all of it, plus the progress update, in one transaction.
 
@@ -38,13 +39,15 @@ impl TableDelta {
     }
 }
 
+/// Whether a key existed before the batch, and its image at the end (None: absent).
+type NetChange = (bool, Option<Vec<Value>>);
+
 /// Folds row changes (in log order) to their net effect per table and key.
 pub fn fold_changes<'a>(
     changes: impl IntoIterator<Item = &'a RowChange>,
 ) -> BTreeMap<String, TableDelta> {
     // (existed before the batch, final image)
-    let mut per: BTreeMap<String, BTreeMap<Vec<Value>, (bool, Option<Vec<Value>>)>> =
-        BTreeMap::new();
+    let mut per: BTreeMap<String, BTreeMap<Vec<Value>, NetChange>> = BTreeMap::new();
     for ch in changes {
         let t = per.entry(ch.table.clone()).or_default();
         let e = t
@@ -258,7 +261,7 @@ pub(crate) fn bad_value(
     reason: &str,
     applied: Lsn,
 ) -> PgError {
-    PgError::BadValue {
+    PgError::BadValue(Box::new(crate::error::BadValue {
         table: map.source.name.clone(),
         key: map.describe_key(key),
         column: c.source_name.clone(),
@@ -266,7 +269,7 @@ pub(crate) fn bad_value(
         pg_type: c.pg_type.sql_name(),
         reason: reason.to_string(),
         applied,
-    }
+    }))
 }
 
 /// Copies converted rows into the table's staging table.

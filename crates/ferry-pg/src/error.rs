@@ -68,18 +68,8 @@ pub enum PgError {
         found: String,
     },
 
-    #[error(
-        "table {table:?}, key {key}, column {column:?}: value {value} cannot be stored as PostgreSQL {pg_type}: {reason}. Nothing was applied past LSN {applied}; fix the column's type mapping (a type override) and restart, the log keeps every change"
-    )]
-    BadValue {
-        table: String,
-        key: String,
-        column: String,
-        value: String,
-        pg_type: String,
-        reason: String,
-        applied: Lsn,
-    },
+    #[error("{0}")]
+    BadValue(Box<BadValue>),
 
     #[error("the PostgreSQL schema does not match the SQLite source:\n  {}\nfix the schema (or include/exclude tables) before shipping; no row was copied", problems.join("\n  "))]
     SchemaMismatch { problems: Vec<String> },
@@ -113,6 +103,21 @@ pub enum PgError {
         #[source]
         last: Box<PgError>,
     },
+}
+
+/// A value PostgreSQL cannot hold: where it is and why.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error(
+    "table {table:?}, key {key}, column {column:?}: value {value} cannot be stored as PostgreSQL {pg_type}: {reason}. Nothing was applied past LSN {applied}; fix the column's type mapping (a type override) and restart, the log keeps every change"
+)]
+pub struct BadValue {
+    pub table: String,
+    pub key: String,
+    pub column: String,
+    pub value: String,
+    pub pg_type: String,
+    pub reason: String,
+    pub applied: Lsn,
 }
 
 impl PgError {

@@ -13,7 +13,7 @@ mod source;
 mod target;
 pub mod types;
 
-pub use error::PgError;
+pub use error::{BadValue, PgError};
 pub use secret::Secret;
 pub use source::{RecordSource, RecordSourceError, VecRecordSource};
 pub use target::{PgTarget, SslMode, TargetEnv, redact_target};

@@ -119,22 +119,21 @@ impl Loader {
             self.handles.push(handle);
             self.current = Some((name.clone(), tx));
         }
-        if let Some((_, tx)) = &self.current {
-            if tx.send(rows).await.is_err() {
-                // The worker stopped early: its error is the one to report.
-                self.current = None;
-                return match self.handles.pop() {
-                    Some(h) => match join(h).await {
-                        Err(e) => Err(e),
-                        Ok(_) => Err(PgError::Table {
-                            table: name,
-                            reason: "internal: the load worker stopped before its rows ended"
-                                .into(),
-                        }),
-                    },
-                    None => Ok(()),
-                };
-            }
+        if let Some((_, tx)) = &self.current
+            && tx.send(rows).await.is_err()
+        {
+            // The worker stopped early: its error is the one to report.
+            self.current = None;
+            return match self.handles.pop() {
+                Some(h) => match join(h).await {
+                    Err(e) => Err(e),
+                    Ok(_) => Err(PgError::Table {
+                        table: name,
+                        reason: "internal: the load worker stopped before its rows ended".into(),
+                    }),
+                },
+                None => Ok(()),
+            };
         }
         Ok(())
     }

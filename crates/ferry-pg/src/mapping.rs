@@ -673,10 +673,9 @@ pub fn parents_first(maps: &BTreeMap<String, TableMap>) -> Vec<String> {
                 if let Some((parent, _)) = maps
                     .iter()
                     .find(|(k, _)| k.eq_ignore_ascii_case(&fk.parent_table))
+                    && parent != name
                 {
-                    if parent != name {
-                        visit(parent, maps, state, order);
-                    }
+                    visit(parent, maps, state, order);
                 }
             }
         }

@@ -410,8 +410,7 @@ impl Shipper {
                 // The log may begin after LSN 1 (retention); accept where it begins.
                 let first = match first {
                     Err(PgError::LogGap { found, .. }) => {
-                        let r = source.read_batch(Lsn(found.0 - 1), 1, Duration::ZERO)?;
-                        r
+                        source.read_batch(Lsn(found.0 - 1), 1, Duration::ZERO)?
                     }
                     other => other?,
                 };
@@ -767,15 +766,15 @@ impl Shipper {
         }
         let loaded = load.finish().await?;
         for (table, n) in &loaded.rows {
-            if let Some((_, expected)) = row_counts.iter().find(|(t, _)| t == table) {
-                if expected != n {
-                    return Err(PgError::Table {
-                        table: table.clone(),
-                        reason: format!(
-                            "the snapshot says {expected} rows but {n} were read from the log; the log's snapshot is incomplete"
-                        ),
-                    });
-                }
+            if let Some((_, expected)) = row_counts.iter().find(|(t, _)| t == table)
+                && expected != n
+            {
+                return Err(PgError::Table {
+                    table: table.clone(),
+                    reason: format!(
+                        "the snapshot says {expected} rows but {n} were read from the log; the log's snapshot is incomplete"
+                    ),
+                });
             }
         }
         for n in loaded.notices {
@@ -1216,18 +1215,18 @@ async fn apply_schema_change(
             if !is_index {
                 return Ok(false);
             }
-            if let Some(before) = &sc.before {
-                if let Some(Ok(idx)) = before.sql.as_deref().map(mapping::parse_index) {
-                    let name = mapping::index_target_name(&map.target_table, &idx);
-                    tx.batch_execute(&format!(
-                        "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}; DROP INDEX IF EXISTS {}",
-                        map.qualified(),
-                        quote_ident(&name),
-                        qualified(&map.target_schema, &name)
-                    ))
-                    .await
-                    .map_err(pg(format!("dropping index {name}")))?;
-                }
+            if let Some(before) = &sc.before
+                && let Some(Ok(idx)) = before.sql.as_deref().map(mapping::parse_index)
+            {
+                let name = mapping::index_target_name(&map.target_table, &idx);
+                tx.batch_execute(&format!(
+                    "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}; DROP INDEX IF EXISTS {}",
+                    map.qualified(),
+                    quote_ident(&name),
+                    qualified(&map.target_schema, &name)
+                ))
+                .await
+                .map_err(pg(format!("dropping index {name}")))?;
             }
             if let Some(after) = &sc.after {
                 match after.sql.as_deref().map(mapping::parse_index) {

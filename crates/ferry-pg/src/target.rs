@@ -180,12 +180,13 @@ fn percent_decode(s: &str) -> String {
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 3 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && i + 3 <= b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;
@@ -268,13 +269,13 @@ impl PgTarget {
                 config.host(h);
             }
         }
-        if config.get_ports().is_empty() {
-            if let Some(p) = env.get("PGPORT") {
-                let port: u16 = p
-                    .parse()
-                    .map_err(|_| invalid(format!("PGPORT={p:?} is not a port number")))?;
-                config.port(port);
-            }
+        if config.get_ports().is_empty()
+            && let Some(p) = env.get("PGPORT")
+        {
+            let port: u16 = p
+                .parse()
+                .map_err(|_| invalid(format!("PGPORT={p:?} is not a port number")))?;
+            config.port(port);
         }
         if config.get_user().is_none() {
             let user = env

@@ -233,19 +233,19 @@ impl PgType {
                     Value::Null => unreachable_null(),
                 }
                 .ok_or(ConvertError::NotNumber)?;
-                if let Some((p, s)) = ps {
-                    if !d.fits(*p, *s) {
-                        return Err(ConvertError::OutOfRange);
-                    }
+                if let Some((p, s)) = ps
+                    && !d.fits(*p, *s)
+                {
+                    return Err(ConvertError::OutOfRange);
                 }
                 Ok(Datum::Numeric(d))
             }
             T::Text | T::Varchar(_) | T::Other(_) => {
                 let s = value_as_text(v)?;
-                if let T::Varchar(Some(n)) = self {
-                    if s.chars().count() > *n as usize {
-                        return Err(ConvertError::TooLong(*n));
-                    }
+                if let T::Varchar(Some(n)) = self
+                    && s.chars().count() > *n as usize
+                {
+                    return Err(ConvertError::TooLong(*n));
                 }
                 Ok(Datum::Text(s))
             }

@@ -369,7 +369,7 @@ async fn expect_bad_value(records: Vec<Record>, opts: ShipOptions, want: &[&str]
         Err(e) => e,
     };
     assert!(
-        matches!(err, PgError::BadValue { .. }),
+        matches!(err, PgError::BadValue(_)),
         "wrong error kind: {err:?}"
     );
     let msg = err.to_string();
@@ -639,7 +639,7 @@ async fn existing_mode_maps_onto_an_orm_schema() {
         .query("SELECT id, email, is_admin, created_at::text, prefs->>'theme', feeling::text, token::text, version FROM users ORDER BY id", &[])
         .await
         .unwrap();
-    let got: Vec<(
+    type UserRow = (
         i32,
         String,
         bool,
@@ -648,7 +648,8 @@ async fn existing_mode_maps_onto_an_orm_schema() {
         String,
         String,
         i32,
-    )> = rows
+    );
+    let got: Vec<UserRow> = rows
         .iter()
         .map(|r| {
             (
