@@ -17,8 +17,23 @@ pub struct Env {
 }
 
 impl Env {
+    /// A directory on a disk file system (fsync really waits).
     pub fn new() -> Env {
-        let dir = tempfile::tempdir().unwrap();
+        Self::in_dir(tempfile::tempdir().unwrap())
+    }
+
+    /// A directory on tmpfs when there is one: the same files and calls, but fsync is free,
+    /// so randomized tests can run many cases.
+    pub fn fast() -> Env {
+        let shm = std::path::Path::new("/dev/shm");
+        if shm.is_dir() {
+            Self::in_dir(tempfile::tempdir_in(shm).unwrap())
+        } else {
+            Self::new()
+        }
+    }
+
+    fn in_dir(dir: tempfile::TempDir) -> Env {
         let db = dir.path().join("app.db");
         let work = dir.path().join("capture");
         let log_path = dir.path().join("log.bin");
