@@ -27,7 +27,7 @@
 
 use crate::db::{Shared, read_counter};
 use crate::error::CaptureError;
-use crate::outbox::{FIRST_SEQ_KEY, OutboxEntry, SNAPSHOT_MARKER_KEY, decode_u64, seq_key};
+use crate::outbox::{FIRST_SEQ_KEY, OutboxEntry, decode_u64, seq_key};
 use crate::sink::DurableSink;
 use ferry_core::{
     KeyColumns, Record, RowChange, SchemaChange, SchemaChangeKind, SchemaRow, SourcePosition,
@@ -139,7 +139,6 @@ impl<S: DurableSink> Mover<S> {
         // trees they touched are in the snapshot already.
         let appended = !matches!(last, Some(Record::SnapshotEnd(_)));
         self.delete_through(seq, appended)?;
-        self.shared.tables.remove(SNAPSHOT_MARKER_KEY)?;
         self.shared.lock_state().snapshot_done = true;
         self.publish_moved(seq);
         Ok(())
@@ -149,9 +148,6 @@ impl<S: DurableSink> Mover<S> {
         let mut out = HashSet::new();
         for kv in self.shared.tables.iter() {
             let (k, _) = kv?;
-            if k.as_ref() == SNAPSHOT_MARKER_KEY {
-                continue;
-            }
             out.insert(tree_name(&k)?.to_string());
         }
         Ok(out)

@@ -8,8 +8,7 @@
 //!   key ""                 → u64 big-endian: the last sequence number handed out (the counter)
 //!   key <seq: u64 BE>      → one entry: every change of one committed sled transaction
 //! tree "__ferry_tables"
-//!   key <tree name>        → ""  (the tree's table has been announced in the log)
-//!   key "" (empty)         → u64 BE: a snapshot at this outbox position is being written
+//!   key <tree name>        → ""  (the tree's table is announced in the log)
 //! ```
 //!
 //! Invariants:
@@ -44,7 +43,7 @@ use std::collections::HashMap;
 
 /// Name of the tree holding the outbox (and its counter).
 pub const OUTBOX_TREE: &str = "__ferry_outbox";
-/// Name of the tree recording which trees are announced in the log, and a snapshot marker.
+/// Name of the tree recording which trees' tables are announced in the log.
 pub const TABLES_TREE: &str = "__ferry_tables";
 /// Trees whose names start with this are ferry's own and never captured.
 pub const RESERVED_PREFIX: &str = "__ferry_";
@@ -53,8 +52,6 @@ pub const RESERVED_PREFIX: &str = "__ferry_";
 pub(crate) const COUNTER_KEY: &[u8] = b"";
 /// The smallest entry key.
 pub(crate) const FIRST_SEQ_KEY: [u8; 8] = [0; 8];
-/// The key in [`TABLES_TREE`] that marks a snapshot in progress.
-pub(crate) const SNAPSHOT_MARKER_KEY: &[u8] = b"";
 
 const ENTRY_FORMAT: u8 = 1;
 

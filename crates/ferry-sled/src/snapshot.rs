@@ -6,10 +6,11 @@
 //! and each row is brought back to its value at `P` with the outbox's before-images:
 //!
 //! 1. `P` := the outbox counter, read in a sled transaction (so every transaction `<= P` has
-//!    committed and every later one will get a number `> P`); flush sled so that state `P`
-//!    is durable before the log describes it.
-//! 2. List the trees; record them (and a marker "snapshot at P in progress") in
-//!    `__ferry_tables`; append `SnapshotBegin(P)` with their schemas.
+//!    committed and every later one will get a number `> P`).
+//! 2. List the trees and record them as announced in `__ferry_tables`; flush sled, so that
+//!    state `P` and that record are durable before the log describes them (were the record
+//!    lost after `SnapshotEnd`, a later write would announce a tree again, and a
+//!    `CreateTable` empties a table in the fold); append `SnapshotBegin(P)`.
 //! 3. For each tree, in key order, read a chunk of rows (bounded by rows and bytes), then
 //!    scan every outbox entry committed since the last scan into the *undo map*:
 //!    `(tree, key) → value at P`, taken from the before-image of the first change to that key
@@ -28,8 +29,9 @@
 //! changed ahead of the scan — bounded by the outbox limit, since entries `> P` stay in the
 //! outbox until the snapshot ends).
 //!
-//! 5. Append `SnapshotEnd(P)`; delete outbox entries `<= P` (the snapshot covers them) and
-//!    clear the marker. The mover then appends entries from `P + 1` on.
+//! 5. Append `SnapshotEnd(P)`; delete outbox entries `<= P` (the snapshot covers them; a
+//!    restart whose log ends with `SnapshotEnd(P)` deletes them again). The mover then
+//!    appends entries from `P + 1` on.
 //!
 //! A crash before `SnapshotEnd` is durable leaves a log whose last record is a snapshot
 //! record: the next start takes the whole snapshot again (at a new `P`), and its
@@ -37,7 +39,7 @@
 
 use crate::error::CaptureError;
 use crate::mover::{Mover, tree_name};
-use crate::outbox::{COUNTER_KEY, OutboxEntry, SNAPSHOT_MARKER_KEY, decode_u64, seq_key};
+use crate::outbox::{COUNTER_KEY, OutboxEntry, decode_u64, seq_key};
 use crate::sink::DurableSink;
 use ferry_core::{
     Record, SnapshotBegin, SnapshotEnd, SnapshotRow, SnapshotRows, SourcePosition, TableSchema,
@@ -73,7 +75,6 @@ impl<S: DurableSink> Mover<S> {
             Some(v) => decode_u64(&v, "the outbox counter")?,
             None => 0,
         };
-        shared.db.flush()?;
 
         let mut trees = Vec::new();
         let mut names: Vec<IVec> = shared
@@ -93,7 +94,7 @@ impl<S: DurableSink> Mover<S> {
             });
         }
 
-        // Which trees the log will know, and that a snapshot at P is under way.
+        // Which trees the log will know.
         let old: Vec<IVec> = shared
             .tables
             .iter()
@@ -108,11 +109,11 @@ impl<S: DurableSink> Mover<S> {
                 for t in &trees {
                     tables.insert(t.table.as_bytes(), &[][..])?;
                 }
-                tables.insert(SNAPSHOT_MARKER_KEY, &p.to_be_bytes()[..])?;
                 Ok::<_, sled::transaction::ConflictableTransactionError<CaptureError>>(())
             })
             .map_err(CaptureError::from)?;
         self.announced = trees.iter().map(|t| t.table.clone()).collect();
+        shared.db.flush()?;
 
         let position = SourcePosition::SledOutbox { seq: p };
         self.sink.append(&[Record::SnapshotBegin(SnapshotBegin {
@@ -213,7 +214,6 @@ impl<S: DurableSink> Mover<S> {
         .encode()])?;
         self.last_logged = p;
         self.delete_through(p, false)?;
-        shared.tables.remove(SNAPSHOT_MARKER_KEY)?;
         shared.lock_state().snapshot_done = true;
         self.publish_moved(p);
         Ok(())
