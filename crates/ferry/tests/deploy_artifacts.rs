@@ -91,20 +91,35 @@ pub fn documented_metrics(metrics_md: &str) -> BTreeMap<String, MetricKind> {
 /// The labels of each metric in the table of `proto/metrics.md` (the backticked names of the
 /// labels column; the value lists in parentheses are left out).
 pub fn documented_labels(metrics_md: &str) -> BTreeMap<String, BTreeSet<String>> {
+    documented_label_values(metrics_md)
+        .into_iter()
+        .map(|(metric, labels)| (metric, labels.into_keys().collect()))
+        .collect()
+}
+
+/// The labels of each metric with the values the table lists for them in parentheses, e.g.
+/// `op` → insert, update, delete (empty when the table lists none).
+pub fn documented_label_values(
+    metrics_md: &str,
+) -> BTreeMap<String, BTreeMap<String, Vec<String>>> {
     let mut out = BTreeMap::new();
     for line in metrics_md.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
         if cells.len() < 5 || !cells[1].starts_with("`ferry_") {
             continue;
         }
-        let mut labels = BTreeSet::new();
+        let mut labels: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        let mut last_label = String::new();
         let mut depth = 0;
         for (i, part) in cells[3].split('`').enumerate() {
             if i % 2 == 0 {
                 depth += part.matches('(').count();
                 depth -= part.matches(')').count().min(depth);
             } else if depth == 0 {
-                labels.insert(part.to_string());
+                last_label = part.to_string();
+                labels.insert(last_label.clone(), Vec::new());
+            } else if let Some(values) = labels.get_mut(&last_label) {
+                values.push(part.to_string());
             }
         }
         out.insert(cells[1].trim_matches('`').to_string(), labels);
@@ -545,6 +560,16 @@ fn labels_table_is_read_without_value_lists() {
     );
     assert_eq!(labels.get("ferry_build_info"), Some(&set(&["version"])));
     assert_eq!(labels.len(), load_documented().len());
+    let values = documented_label_values(&read_repo_file("proto/metrics.md"));
+    assert_eq!(
+        values["ferry_captured_rows_total"]["op"],
+        vec!["insert", "update", "delete"]
+    );
+    assert_eq!(
+        values["ferry_snapshot_tables"]["state"],
+        vec!["loading", "streaming"]
+    );
+    assert!(values["ferry_source_errors_total"]["kind"].is_empty());
 }
 
 #[test]
@@ -628,8 +653,67 @@ fn promtool(args: &[&str]) -> Option<std::process::Output> {
     }
 }
 
+/// Input series for a promtool test, shaped as ferry exposes its metrics: one series per
+/// combination of the values the table lists for each label (`source="connect"`, `"x"` for a
+/// label without a list), counters rising by 60 a minute, gauges rising by 1 a minute from 1
+/// (positive and changing), histograms as cumulative `_bucket`s with `_sum` and `_count`.
+/// 21 samples, one a minute.
+fn synthetic_series(
+    documented: &BTreeMap<String, MetricKind>,
+    label_values: &BTreeMap<String, BTreeMap<String, Vec<String>>>,
+) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    for (name, kind) in documented {
+        let mut label_sets: Vec<Vec<String>> = vec![Vec::new()];
+        for (label, values) in label_values.get(name).into_iter().flatten() {
+            let values: Vec<&str> = match (label.as_str(), values.is_empty()) {
+                ("source", _) => vec!["connect"],
+                (_, true) => vec!["x"],
+                (_, false) => values.iter().map(String::as_str).collect(),
+            };
+            label_sets = label_sets
+                .iter()
+                .flat_map(|set| {
+                    values.iter().map(move |v| {
+                        let mut set = set.clone();
+                        set.push(format!("{label}=\"{v}\""));
+                        set
+                    })
+                })
+                .collect();
+        }
+        for set in label_sets {
+            let with = |extra: Option<String>| {
+                let mut all = set.clone();
+                all.extend(extra);
+                format!("{{{}}}", all.join(", "))
+            };
+            match kind {
+                MetricKind::Counter => {
+                    out.push((format!("{name}{}", with(None)), "0+60x20".into()))
+                }
+                MetricKind::Gauge => out.push((format!("{name}{}", with(None)), "1+1x20".into())),
+                MetricKind::Histogram => {
+                    for (le, per_minute) in [("0.001", 10), ("0.01", 20), ("1", 30), ("+Inf", 40)] {
+                        let series = with(Some(format!("le=\"{le}\"")));
+                        out.push((
+                            format!("{name}_bucket{series}"),
+                            format!("0+{per_minute}x20"),
+                        ));
+                    }
+                    out.push((format!("{name}_sum{}", with(None)), "0+2x20".into()));
+                    out.push((format!("{name}_count{}", with(None)), "0+40x20".into()));
+                }
+            }
+        }
+    }
+    out
+}
+
 #[test]
-fn dashboard_queries_parse_as_promql() {
+fn dashboard_queries_parse_and_show_data() {
+    let documented = load_documented();
+    let label_values = documented_label_values(&read_repo_file("proto/metrics.md"));
     let exprs = dashboard_expressions(&load_dashboard());
     let mut rules = String::from("groups:\n  - name: ferry-dashboard\n    rules:\n");
     for (i, expr) in exprs.iter().enumerate() {
@@ -656,21 +740,52 @@ fn dashboard_queries_parse_as_promql() {
             "      - record: ferry_dashboard:expr{i}\n        expr: |\n          {promql}\n"
         ));
     }
-    let path =
-        std::env::temp_dir().join(format!("ferry-dashboard-rules-{}.yml", std::process::id()));
-    std::fs::write(&path, &rules).unwrap();
-    let out = promtool(&["check", "rules", path.to_str().unwrap()]);
-    std::fs::remove_file(&path).ok();
-    let Some(out) = out else { return };
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    // Each query, evaluated on the synthetic series, returns something: absent() of it is
+    // empty. An empty panel (wrong label, a filter that can never pass, a series ferry does
+    // not export) fails here with the query's number.
+    let mut tests = String::from(
+        "rule_files: [dashboard-rules.yml]\nevaluation_interval: 1m\ntests:\n  - interval: 1m\n    input_series:\n",
+    );
+    for (series, values) in synthetic_series(&documented, &label_values) {
+        tests.push_str(&format!(
+            "      - series: '{series}'\n        values: '{values}'\n"
+        ));
+    }
+    tests.push_str("    promql_expr_test:\n");
+    for i in 0..exprs.len() {
+        tests.push_str(&format!(
+            "      - expr: absent(ferry_dashboard:expr{i})\n        eval_time: 10m\n        exp_samples: []\n"
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("ferry-dashboard-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let rules_path = dir.join("dashboard-rules.yml");
+    let tests_path = dir.join("dashboard-tests.yml");
+    std::fs::write(&rules_path, &rules).unwrap();
+    std::fs::write(&tests_path, &tests).unwrap();
+    let check = promtool(&["check", "rules", rules_path.to_str().unwrap()]);
+    let test = check
+        .as_ref()
+        .filter(|c| c.status.success())
+        .and_then(|_| promtool(&["test", "rules", tests_path.to_str().unwrap()]));
+    std::fs::remove_dir_all(&dir).ok();
+    let Some(check) = check else { return };
+    let stdout = String::from_utf8_lossy(&check.stdout);
     assert!(
-        out.status.success(),
+        check.status.success(),
         "promtool rejects a dashboard query:\n{stdout}{}\nrules:\n{rules}",
-        String::from_utf8_lossy(&out.stderr)
+        String::from_utf8_lossy(&check.stderr)
     );
     assert!(
         stdout.contains(&format!("{} rules found", exprs.len())),
         "{stdout}"
+    );
+    let test = test.expect("promtool ran for check, so it runs for test");
+    assert!(
+        test.status.success(),
+        "a dashboard query returns no data on series shaped like ferry's:\n{}{}\nrules:\n{rules}",
+        String::from_utf8_lossy(&test.stdout),
+        String::from_utf8_lossy(&test.stderr)
     );
 }
 
