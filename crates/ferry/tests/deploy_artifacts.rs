@@ -12,8 +12,9 @@
 //!   only to gauges;
 //! - the dashboard's groupings and legends use only labels the metrics have;
 //! - every dashboard expression parses as PromQL (`promtool check rules` on a generated rules
-//!   file), every alert has a promtool test that makes it fire, and the README's Prometheus
-//!   configs pass `promtool check config`;
+//!   file) and returns data on series generated from the table (`promtool test rules`, one
+//!   `absent()` per query), every alert has a promtool test that makes it fire, and the
+//!   README's Prometheus configs pass `promtool check config`;
 //! - the systemd unit has the hardening the notes promise and passes `systemd-analyze verify`
 //!   (where systemd is installed), the example config agrees with the unit, and every flag and
 //!   `FERRY_…` variable the unit, the container and the Kubernetes manifest pass is one that
