@@ -615,6 +615,11 @@ impl SqliteCapture {
         self.decoder = Some(decoder);
         self.held = Some(r);
         self.continuous = true;
+        if !self.read_db_header()?.is_wal() {
+            // In rollback-journal mode a held read transaction is a SHARED lock that blocks
+            // the application's commits: never keep one between polls.
+            self.release_all()?;
+        }
         self.stats.snapshot_rows += total;
         self.stats.last_position = Some(position);
         self.stats.last_lsn = lsn;

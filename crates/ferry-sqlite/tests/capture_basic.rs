@@ -12,7 +12,11 @@ fn snapshot_then_stream_inserts_updates_deletes() {
     )
     .unwrap();
     for i in 0..200 {
-        app.execute("INSERT INTO users(name, score, bio) VALUES (?1, ?2, ?3)", rusqlite::params![format!("u{i}"), i as f64, vec![7u8; (i * 37) % 5000]]).unwrap();
+        app.execute(
+            "INSERT INTO users(name, score, bio) VALUES (?1, ?2, ?3)",
+            rusqlite::params![format!("u{i}"), i as f64, vec![7u8; (i * 37) % 5000]],
+        )
+        .unwrap();
     }
     let log = env.log();
     let mut cap = env.capture(log.clone());
@@ -22,8 +26,15 @@ fn snapshot_then_stream_inserts_updates_deletes() {
     assert_fold_matches(&env.log_path, &env.db);
 
     app.execute_batch("BEGIN; UPDATE users SET score = 3 WHERE id % 3 = 0; DELETE FROM users WHERE id % 7 = 0; INSERT INTO tags VALUES ('a', 1), ('b', 2); INSERT INTO nokey VALUES (1, 'x'); COMMIT;").unwrap();
-    app.execute("INSERT INTO users(name, bio) VALUES ('big', ?1)", [vec![1u8; 20000]]).unwrap();
-    app.execute_batch("UPDATE tags SET n = n + 10; DELETE FROM nokey; INSERT INTO nokey VALUES (2, 'y');").unwrap();
+    app.execute(
+        "INSERT INTO users(name, bio) VALUES ('big', ?1)",
+        [vec![1u8; 20000]],
+    )
+    .unwrap();
+    app.execute_batch(
+        "UPDATE tags SET n = n + 10; DELETE FROM nokey; INSERT INTO nokey VALUES (2, 'y');",
+    )
+    .unwrap();
     let step = cap.catch_up().unwrap();
     assert_eq!(step.transactions, 5);
     assert_fold_matches(&env.log_path, &env.db);

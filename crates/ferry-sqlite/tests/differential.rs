@@ -10,7 +10,10 @@ use rand::{Rng, SeedableRng};
 use rusqlite::{Connection, params};
 
 fn cases() -> u32 {
-    std::env::var("FERRY_PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48)
+    std::env::var("FERRY_PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(64)
 }
 
 struct Gen {
@@ -92,22 +95,29 @@ impl Gen {
                     1 => "REAL DEFAULT 3",
                     _ => "INTEGER",
                 };
-                c.execute_batch(&format!("ALTER TABLE {t} ADD COLUMN {col} {def}")).unwrap();
+                c.execute_batch(&format!("ALTER TABLE {t} ADD COLUMN {col} {def}"))
+                    .unwrap();
                 self.added[ti].push(col);
             }
             1 if !self.added[ti].is_empty() => {
                 let col = self.added[ti].remove(0);
-                c.execute_batch(&format!("ALTER TABLE {t} DROP COLUMN {col}")).unwrap();
+                c.execute_batch(&format!("ALTER TABLE {t} DROP COLUMN {col}"))
+                    .unwrap();
             }
             2 if !self.added[ti].is_empty() => {
                 self.next_col += 1;
                 let new = format!("c{}", self.next_col);
                 let old = std::mem::replace(&mut self.added[ti][0], new.clone());
-                c.execute_batch(&format!("ALTER TABLE {t} RENAME COLUMN {old} TO {new}")).unwrap();
+                c.execute_batch(&format!("ALTER TABLE {t} RENAME COLUMN {old} TO {new}"))
+                    .unwrap();
             }
             3 => {
                 // The 12-step rebuild migration tools use, in one transaction.
-                let create: String = c.query_row("SELECT sql FROM sqlite_schema WHERE name = ?1", [t], |r| r.get(0)).unwrap();
+                let create: String = c
+                    .query_row("SELECT sql FROM sqlite_schema WHERE name = ?1", [t], |r| {
+                        r.get(0)
+                    })
+                    .unwrap();
                 let body = &create[create.find('(').unwrap()..];
                 let create_new = format!("CREATE TABLE {t}_new{body}");
                 c.execute_batch(&format!(
@@ -142,8 +152,14 @@ fn run_case(seed: u64, page_size: usize, auto_vacuum: &str, steps: usize) {
         // auto_vacuum must be set before the first table; VACUUM makes it stick in WAL mode too.
         app.execute_batch("VACUUM").unwrap();
     }
-    app.execute_batch("PRAGMA cache_size=8; PRAGMA wal_autocheckpoint=50;").unwrap();
-    let mut g = Gen { rng: StdRng::seed_from_u64(seed), page_size, added: vec![Vec::new(); 4], next_col: 0 };
+    app.execute_batch("PRAGMA cache_size=8; PRAGMA wal_autocheckpoint=50;")
+        .unwrap();
+    let mut g = Gen {
+        rng: StdRng::seed_from_u64(seed),
+        page_size,
+        added: vec![Vec::new(); 4],
+        next_col: 0,
+    };
     let log = env.log();
     let mut cap = None;
     let snapshot_at = g.rng.random_range(0..steps / 2 + 1);
@@ -174,9 +190,11 @@ fn run_case(seed: u64, page_size: usize, auto_vacuum: &str, steps: usize) {
             76..=81 => {
                 let mode = ["PASSIVE", "FULL", "RESTART", "TRUNCATE"][g.rng.random_range(0..4)];
                 // Our reader may make RESTART/TRUNCATE wait; the application gives up quickly.
-                app.busy_timeout(std::time::Duration::from_millis(20)).unwrap();
+                app.busy_timeout(std::time::Duration::from_millis(20))
+                    .unwrap();
                 let _ = app.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |_| Ok(()));
-                app.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
+                app.busy_timeout(std::time::Duration::from_secs(10))
+                    .unwrap();
             }
             82..=84 if auto_vacuum == "INCREMENTAL" => {
                 let _ = app.execute_batch("PRAGMA incremental_vacuum(5)");
@@ -190,7 +208,11 @@ fn run_case(seed: u64, page_size: usize, auto_vacuum: &str, steps: usize) {
     }
     let mut c = cap.unwrap_or_else(|| env.capture(log.clone()));
     c.catch_up().unwrap();
-    assert_eq!(c.stats().resyncs, 0, "no resync while capture ran undisturbed");
+    assert_eq!(
+        c.stats().resyncs,
+        0,
+        "no resync while capture ran undisturbed"
+    );
     drop(c);
     assert_fold_matches(&env.log_path, &env.db);
 }

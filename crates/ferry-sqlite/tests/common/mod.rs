@@ -37,13 +37,21 @@ impl Env {
         let db = dir.path().join("app.db");
         let work = dir.path().join("capture");
         let log_path = dir.path().join("log.bin");
-        Env { dir, db, work, log_path }
+        Env {
+            dir,
+            db,
+            work,
+            log_path,
+        }
     }
 
     /// The application's connection: WAL mode, synchronous NORMAL.
     pub fn app(&self, page_size: u32) -> Connection {
         let c = Connection::open(&self.db).unwrap();
-        c.execute_batch(&format!("PRAGMA page_size={page_size}; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;")).unwrap();
+        c.execute_batch(&format!(
+            "PRAGMA page_size={page_size}; PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;"
+        ))
+        .unwrap();
         c.busy_timeout(std::time::Duration::from_secs(10)).unwrap();
         c
     }
@@ -53,7 +61,10 @@ impl Env {
     }
 
     pub fn capture(&self, log: Arc<RecordFile>) -> SqliteCapture {
-        let opts = CaptureOptions { watch: false, ..CaptureOptions::default() };
+        let opts = CaptureOptions {
+            watch: false,
+            ..CaptureOptions::default()
+        };
         SqliteCapture::open(&self.db, &self.work, log, opts).unwrap()
     }
 }
@@ -111,13 +122,28 @@ pub fn assert_fold_matches(log_path: &Path, db: &Path) {
         let mut rows = st.query([]).unwrap();
         let mut expect: BTreeMap<Vec<Value>, Vec<Value>> = BTreeMap::new();
         while let Some(r) = rows.next().unwrap() {
-            let (rowid, start) = if t.schema.without_rowid { (None, 0) } else { (r.get::<_, i64>(0).ok(), 1) };
-            let vals: Vec<Value> = (start..n).map(|i| to_value(r.get_ref(i).unwrap())).collect();
+            let (rowid, start) = if t.schema.without_rowid {
+                (None, 0)
+            } else {
+                (r.get::<_, i64>(0).ok(), 1)
+            };
+            let vals: Vec<Value> = (start..n)
+                .map(|i| to_value(r.get_ref(i).unwrap()))
+                .collect();
             expect.insert(t.schema.key_of(&vals, rowid), vals);
         }
         if expect != t.rows {
-            let missing: Vec<_> = expect.iter().filter(|(k, v)| t.rows.get(*k) != Some(v)).take(3).collect();
-            let extra: Vec<_> = t.rows.iter().filter(|(k, v)| expect.get(*k) != Some(v)).take(3).collect();
+            let missing: Vec<_> = expect
+                .iter()
+                .filter(|(k, v)| t.rows.get(*k) != Some(v))
+                .take(3)
+                .collect();
+            let extra: Vec<_> = t
+                .rows
+                .iter()
+                .filter(|(k, v)| expect.get(*k) != Some(v))
+                .take(3)
+                .collect();
             panic!(
                 "table {name}: fold has {} rows, database {}; first differences: db {missing:?} vs fold {extra:?}",
                 t.rows.len(),
