@@ -62,7 +62,15 @@ pub(crate) struct Shared {
     source_identity: String,
     opts: LogOptions,
     state: Mutex<WriterState>,
-    changed: Condvar,
+    /// Appenders wait for their batch here, indexed by batch id parity: at most two batches
+    /// exist at a time (the one being synced and the one filling), so finishing a batch wakes
+    /// exactly its own appenders, not the ones of the next batch.
+    batch_done: [Condvar; 2],
+    /// The durable LSN advanced, leadership was released, or the log was poisoned (for
+    /// `wait_for` and `seal`).
+    advanced: Condvar,
+    /// The pending buffer was taken (for appenders held back by [`MAX_PENDING_BYTES`]).
+    space: Condvar,
     /// Mirrors `WriterState::durable` for lock-free reads.
     pub durable: AtomicU64,
     durable_file: Box<dyn LogFile>,
@@ -92,6 +100,8 @@ struct WriterState {
     spare: Vec<u8>,
     spare_starts: Vec<usize>,
     leader_active: bool,
+    /// Id of the batch now filling; the leader takes it and starts the next id.
+    batch_id: u64,
     /// `None` while a leader has it, or when the newest segment is sealed.
     current: Option<OpenSegment>,
     /// First LSN of the oldest segment.
@@ -176,6 +186,7 @@ impl Log {
             spare: Vec::new(),
             spare_starts: Vec::new(),
             leader_active: false,
+            batch_id: 0,
             current: recovered.current,
             oldest_first: recovered.oldest_first,
             poisoned: None,
@@ -189,7 +200,9 @@ impl Log {
                 source_identity: source_identity.to_string(),
                 opts,
                 state: Mutex::new(state),
-                changed: Condvar::new(),
+                batch_done: [Condvar::new(), Condvar::new()],
+                advanced: Condvar::new(),
+                space: Condvar::new(),
                 durable: AtomicU64::new(recovered.durable),
                 durable_file,
                 retention: Mutex::new(()),
@@ -255,7 +268,7 @@ impl Log {
             if st.pending.len() < MAX_PENDING_BYTES || !st.leader_active {
                 break;
             }
-            st = sh.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = sh.space.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         let first = st.next_lsn;
         if st.pending_starts.is_empty() {
@@ -269,6 +282,7 @@ impl Log {
             st.next_lsn += 1;
         }
         let last = st.next_lsn - 1;
+        let my_batch = (st.batch_id % 2) as usize;
         loop {
             if let Some(reason) = &st.poisoned {
                 return Err(LogError::Poisoned {
@@ -282,7 +296,9 @@ impl Log {
                 st = self.lead(st, false)?;
                 continue;
             }
-            st = sh.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = sh.batch_done[my_batch]
+                .wait(st)
+                .unwrap_or_else(|p| p.into_inner());
         }
     }
 
@@ -305,7 +321,7 @@ impl Log {
                     break;
                 }
                 st = sh
-                    .changed
+                    .advanced
                     .wait_timeout(st, due - now)
                     .map(|(g, _)| g)
                     .unwrap_or_else(|p| p.into_inner().0);
@@ -318,9 +334,12 @@ impl Log {
         std::mem::swap(&mut starts, &mut st.pending_starts);
         let batch_first = st.pending_first;
         st.pending_first = st.next_lsn;
+        let taken_batch = (st.batch_id % 2) as usize;
+        st.batch_id += 1;
         let mut current = st.current.take();
-        // Let appenders fill the next batch while this one is written.
-        sh.changed.notify_all();
+        // Appenders held back by a full buffer may fill the next batch while this one is
+        // written.
+        sh.space.notify_all();
         drop(st);
 
         let started = Instant::now();
@@ -354,12 +373,19 @@ impl Log {
                     st.durable = target;
                     sh.durable.store(target, Ordering::Release);
                 }
-                sh.changed.notify_all();
+                sh.batch_done[taken_batch].notify_all();
+                sh.advanced.notify_all();
+                if !st.pending_starts.is_empty() {
+                    // Hand leadership to one appender of the next batch.
+                    sh.batch_done[(st.batch_id % 2) as usize].notify_one();
+                }
                 Ok(st)
             }
             Err(e) => {
                 st.poisoned = Some(e.to_string());
-                sh.changed.notify_all();
+                for cv in sh.batch_done.iter().chain([&sh.advanced, &sh.space]) {
+                    cv.notify_all();
+                }
                 Err(e)
             }
         }
@@ -484,7 +510,7 @@ impl Log {
                 break;
             }
             st = sh
-                .changed
+                .advanced
                 .wait_timeout(st, deadline - now)
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
@@ -507,7 +533,7 @@ impl Log {
             if !st.leader_active {
                 break;
             }
-            st = sh.changed.wait(st).unwrap_or_else(|p| p.into_inner());
+            st = sh.advanced.wait(st).unwrap_or_else(|p| p.into_inner());
         }
         self.lead(st, true).map(drop)
     }
