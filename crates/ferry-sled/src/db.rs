@@ -76,6 +76,10 @@ pub struct CaptureOptions {
     /// Trees that are neither snapshotted nor captured (ferry's own `__ferry_*` trees never
     /// are).
     pub exclude_trees: Vec<Vec<u8>>,
+    /// Where the initial snapshot is staged before it is copied into the log. `open` and
+    /// `with_db` default to `<state-dir>/sources/<id>/capture/snapshot`; `with_sink` stages
+    /// only if this is set.
+    pub snapshot_staging: Option<std::path::PathBuf>,
 }
 
 impl Default for CaptureOptions {
@@ -92,6 +96,7 @@ impl Default for CaptureOptions {
             snapshot_chunk_rows: 1000,
             snapshot_chunk_bytes: 1 << 20,
             exclude_trees: Vec::new(),
+            snapshot_staging: None,
         }
     }
 }

@@ -72,6 +72,11 @@ pub enum CaptureError {
     LogAheadOfSource { logged: u64, counter: u64 },
 
     #[error(
+        "the log ends inside the initial snapshot and it cannot be completed ({detail}; staging log {dir}); delete the source's directory in the state directory and drop its PostgreSQL tables to start over"
+    )]
+    UnfinishedSnapshot { dir: PathBuf, detail: String },
+
+    #[error(
         "the log holds a cutover marker: this source was cut over to PostgreSQL and must not be written any more"
     )]
     CutOver,

@@ -92,18 +92,29 @@ impl CapturedDb {
             &log_identity(&path),
             ferry_log::LogOptions::default(),
         )?;
+        let mut opts = opts;
+        opts.snapshot_staging
+            .get_or_insert_with(|| state_dir.capture_dir(&id).join("snapshot"));
         CapturedDb::with_sink(db, log, opts)
     }
 
     /// Captures `db` into any [`DurableSink`] (for tests of the library, or a log of the
-    /// application's own).
+    /// application's own). Without [`CaptureOptions::snapshot_staging`], a crash inside the
+    /// initial snapshot leaves an unfinished snapshot in the sink (see the `snapshot` module).
     pub fn with_sink(
         db: sled::Db,
         sink: impl DurableSink,
         opts: CaptureOptions,
     ) -> Result<CapturedDb, CaptureError> {
+        let staging = opts
+            .snapshot_staging
+            .clone()
+            .map(|dir| snapshot::SnapshotStaging {
+                dir,
+                identity: "ferry-sled snapshot staging".to_string(),
+            });
         let shared = Arc::new(Shared::new(db, opts)?);
-        let mover = mover::Mover::new(shared.clone(), sink);
+        let mover = mover::Mover::new(shared.clone(), sink, staging);
         let join = std::thread::Builder::new()
             .name("ferry-sled-mover".into())
             .spawn(move || mover.run())

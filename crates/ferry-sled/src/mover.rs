@@ -29,6 +29,7 @@ use crate::db::{Shared, read_counter};
 use crate::error::CaptureError;
 use crate::outbox::{FIRST_SEQ_KEY, OutboxEntry, decode_u64, seq_key};
 use crate::sink::DurableSink;
+use crate::snapshot::SnapshotStaging;
 use ferry_core::{
     KeyColumns, Record, RowChange, SchemaChange, SchemaChangeKind, SchemaRow, SourcePosition,
     TableSchema, Transaction, Value,
@@ -43,19 +44,22 @@ pub(crate) struct Mover<S: DurableSink> {
     pub sink: S,
     /// Trees whose tables the log has announced (by tree name).
     pub announced: HashSet<String>,
-    /// The decoder's schema per tree, checked once.
-    pub schemas: HashMap<String, TableSchema>,
+    pub schemas: SchemaCache,
+    /// Where the initial snapshot is staged before it is copied into the log (so that the log
+    /// never holds an unfinished snapshot); `None` writes it straight into the sink.
+    pub staging: Option<SnapshotStaging>,
     /// The last sequence number the log holds (or its snapshot covers).
     pub last_logged: u64,
 }
 
 impl<S: DurableSink> Mover<S> {
-    pub fn new(shared: Arc<Shared>, sink: S) -> Self {
+    pub fn new(shared: Arc<Shared>, sink: S, staging: Option<SnapshotStaging>) -> Self {
         Mover {
             shared,
             sink,
             announced: HashSet::new(),
-            schemas: HashMap::new(),
+            schemas: SchemaCache::default(),
+            staging,
             last_logged: 0,
         }
     }
@@ -126,6 +130,10 @@ impl<S: DurableSink> Mover<S> {
         let Some(seq) = position else {
             return self.take_snapshot();
         };
+        if let Some(staging) = &self.staging {
+            // Left behind by a crash after the snapshot was copied into the log.
+            staging.remove()?;
+        }
         let counter = read_counter(&self.shared.outbox)?;
         if seq > counter {
             return Err(CaptureError::LogAheadOfSource {
@@ -144,7 +152,7 @@ impl<S: DurableSink> Mover<S> {
         Ok(())
     }
 
-    fn read_announced(&self) -> Result<HashSet<String>, CaptureError> {
+    pub(crate) fn read_announced(&self) -> Result<HashSet<String>, CaptureError> {
         let mut out = HashSet::new();
         for kv in self.shared.tables.iter() {
             let (k, _) = kv?;
@@ -262,7 +270,7 @@ impl<S: DurableSink> Mover<S> {
                 continue;
             }
             let name = tree_name(&c.tree)?.to_string();
-            let schema = self.schema(&name)?.clone();
+            let schema = self.schemas.get(&self.shared, &name)?;
             if !self.announced.contains(&name) {
                 txn.schema_changes.push(create_table(&schema));
                 self.announced.insert(name.clone());
@@ -270,11 +278,11 @@ impl<S: DurableSink> Mover<S> {
             }
             let before = c
                 .before
-                .map(|v| self.decode_row(&name, &schema, &c.key, &v))
+                .map(|v| decode_row(&self.shared, &name, &schema, &c.key, &v))
                 .transpose()?;
             let after = c
                 .after
-                .map(|v| self.decode_row(&name, &schema, &c.key, &v))
+                .map(|v| decode_row(&self.shared, &name, &schema, &c.key, &v))
                 .transpose()?;
             let table = schema.name.clone();
             let change = match (before, after) {
@@ -287,52 +295,55 @@ impl<S: DurableSink> Mover<S> {
         }
         Ok(Record::Transaction(txn).encode())
     }
+}
 
-    /// The decoder's schema for a tree, checked for usability on first use.
-    pub(crate) fn schema(&mut self, tree: &str) -> Result<&TableSchema, CaptureError> {
-        if !self.schemas.contains_key(tree) {
-            let schema = self.shared.opts.decoder.table_schema(tree);
-            check_schema(tree, &schema)?;
-            self.schemas.insert(tree.to_string(), schema);
-        }
-        self.schemas
-            .get(tree)
-            .ok_or_else(|| CaptureError::BadSchema {
-                tree: tree.to_string(),
-                detail: "schema vanished from the cache".into(),
-            })
-    }
+/// The decoder's schema per tree, checked for usability on first use.
+#[derive(Default)]
+pub(crate) struct SchemaCache {
+    schemas: HashMap<String, TableSchema>,
+}
 
-    pub(crate) fn decode_row(
-        &self,
-        tree: &str,
-        schema: &TableSchema,
-        key: &[u8],
-        value: &[u8],
-    ) -> Result<Vec<Value>, CaptureError> {
-        let row = self
-            .shared
-            .opts
-            .decoder
-            .decode(tree, key, value)
-            .map_err(|source| CaptureError::Decode {
-                tree: tree.to_string(),
-                key_hex: hex_prefix(key),
-                source,
-            })?;
-        if row.len() != schema.columns.len() {
-            return Err(CaptureError::BadSchema {
-                tree: tree.to_string(),
-                detail: format!(
-                    "the decoder returned {} values for key {} but the schema has {} columns",
-                    row.len(),
-                    hex_prefix(key),
-                    schema.columns.len()
-                ),
-            });
+impl SchemaCache {
+    pub fn get(&mut self, shared: &Shared, tree: &str) -> Result<TableSchema, CaptureError> {
+        if let Some(s) = self.schemas.get(tree) {
+            return Ok(s.clone());
         }
-        Ok(row)
+        let schema = shared.opts.decoder.table_schema(tree);
+        check_schema(tree, &schema)?;
+        self.schemas.insert(tree.to_string(), schema.clone());
+        Ok(schema)
     }
+}
+
+/// One sled entry as a row of its table, checked against the schema's width.
+pub(crate) fn decode_row(
+    shared: &Shared,
+    tree: &str,
+    schema: &TableSchema,
+    key: &[u8],
+    value: &[u8],
+) -> Result<Vec<Value>, CaptureError> {
+    let row = shared
+        .opts
+        .decoder
+        .decode(tree, key, value)
+        .map_err(|source| CaptureError::Decode {
+            tree: tree.to_string(),
+            key_hex: hex_prefix(key),
+            source,
+        })?;
+    if row.len() != schema.columns.len() {
+        return Err(CaptureError::BadSchema {
+            tree: tree.to_string(),
+            detail: format!(
+                "the decoder returned {} values for key {} but the schema has {} columns",
+                row.len(),
+                hex_prefix(key),
+                schema.columns.len()
+            ),
+        });
+    }
+    Ok(row)
 }
 
 fn check_schema(tree: &str, schema: &TableSchema) -> Result<(), CaptureError> {

@@ -6,7 +6,7 @@
 //! [`MemorySink`] in tests that need a sink that fails on demand.
 
 use crate::error::CaptureError;
-use ferry_core::Record;
+use ferry_core::{Lsn, Record};
 use std::sync::{Arc, Mutex};
 
 /// Where the mover puts records.
@@ -17,10 +17,12 @@ use std::sync::{Arc, Mutex};
 ///   machine). When it returns `Err`, any prefix of them may have become durable — the mover
 ///   finds out which through `last_record` when it starts again, and never retries in
 ///   place.
-/// - `last_record` returns the last durable record, decoded, or `None` for an empty log.
+/// - `last_record` returns the last durable record, decoded, or `None` for an empty log;
+///   `last_lsn` its LSN (`Lsn::ZERO` for an empty log). LSNs are dense from 1.
 pub trait DurableSink: Send + 'static {
     fn append(&mut self, records: &[Vec<u8>]) -> Result<(), CaptureError>;
     fn last_record(&mut self) -> Result<Option<Record>, CaptureError>;
+    fn last_lsn(&mut self) -> Result<Lsn, CaptureError>;
 }
 
 /// An in-memory sink: "durable" means "in this vector". For tests of the capture library
@@ -77,6 +79,10 @@ impl DurableSink for MemorySink {
         Ok(())
     }
 
+    fn last_lsn(&mut self) -> Result<Lsn, CaptureError> {
+        Ok(Lsn(lock(&self.inner).records.len() as u64))
+    }
+
     fn last_record(&mut self) -> Result<Option<Record>, CaptureError> {
         let state = lock(&self.inner);
         match state.records.last() {
@@ -87,6 +93,10 @@ impl DurableSink for MemorySink {
 }
 
 impl DurableSink for ferry_log::Log {
+    fn last_lsn(&mut self) -> Result<Lsn, CaptureError> {
+        Ok(self.durable_lsn())
+    }
+
     fn append(&mut self, records: &[Vec<u8>]) -> Result<(), CaptureError> {
         self.append_batch(records)?;
         Ok(())
@@ -94,7 +104,7 @@ impl DurableSink for ferry_log::Log {
 
     fn last_record(&mut self) -> Result<Option<Record>, CaptureError> {
         let durable = self.durable_lsn();
-        if durable == ferry_core::Lsn::ZERO {
+        if durable == Lsn::ZERO {
             return Ok(None);
         }
         match self.reader(durable)?.next() {

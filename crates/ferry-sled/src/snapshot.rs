@@ -33,223 +33,346 @@
 //!    restart whose log ends with `SnapshotEnd(P)` deletes them again). The mover then
 //!    appends entries from `P + 1` on.
 //!
-//! A crash before `SnapshotEnd` is durable leaves a log whose last record is a snapshot
-//! record: the next start takes the whole snapshot again (at a new `P`), and its
-//! `SnapshotBegin` supersedes the unfinished one (a fold resets at every `SnapshotBegin`).
+//! **Staging.** The snapshot takes many appends, and a crash between them must not leave an
+//! unfinished snapshot in the log (a shipper that began loading it could not go on). So
+//! [`CapturedDb::open`](crate::CapturedDb::open) writes it first into a staging log of its
+//! own (`<state-dir>/sources/<id>/capture/snapshot`), and only a complete one is copied into
+//! the source's log, record by record with the same LSNs (the source's log is empty when a
+//! snapshot is taken). After a crash:
+//! - the source's log is empty: the staging log is discarded and the snapshot taken again
+//!   (at a new `P`);
+//! - the source's log holds part of the copy: the copy resumes after the source's last LSN
+//!   (its last record is checked to equal the staged one) — entries `> P` are still in the
+//!   outbox, since nothing is deleted before `SnapshotEnd` is in the source's log;
+//! - the source's log holds the whole snapshot: the staging log is deleted.
+//!
+//! [`CapturedDb::with_sink`](crate::CapturedDb::with_sink) has no staging: a crash inside
+//! its snapshot leaves an unfinished one, and the next start appends a new `SnapshotBegin`
+//! (a fold resets at every `SnapshotBegin`; ferry-pg's shipper refuses it).
 
+use crate::db::Shared;
 use crate::error::CaptureError;
-use crate::mover::{Mover, tree_name};
+use crate::mover::{Mover, SchemaCache, create_table, decode_row, tree_name};
 use crate::outbox::{COUNTER_KEY, OutboxEntry, decode_u64, seq_key};
 use crate::sink::DurableSink;
 use ferry_core::{
-    Record, SnapshotBegin, SnapshotEnd, SnapshotRow, SnapshotRows, SourcePosition, TableSchema,
-    now_micros,
+    Lsn, Record, SnapshotBegin, SnapshotEnd, SnapshotRow, SnapshotRows, SourcePosition,
+    TableSchema, now_micros,
 };
 use sled::IVec;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::path::PathBuf;
+
+/// Where a snapshot is staged: a log directory of its own and the identity it is made with.
+pub(crate) struct SnapshotStaging {
+    pub dir: PathBuf,
+    pub identity: String,
+}
+
+/// Records copied from the staging log per append.
+const COPY_BATCH: usize = 64;
+
+impl SnapshotStaging {
+    fn open(&self) -> Result<ferry_log::Log, CaptureError> {
+        Ok(ferry_log::Log::open(
+            &self.dir,
+            &self.identity,
+            ferry_log::LogOptions::default(),
+        )?)
+    }
+
+    pub fn remove(&self) -> Result<(), CaptureError> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(CaptureError::StateDir {
+                path: self.dir.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+impl<S: DurableSink> Mover<S> {
+    /// Takes the initial snapshot into the log (through the staging log, if there is one),
+    /// then deletes the entries it covers. Called when the log holds no complete snapshot.
+    pub(crate) fn take_snapshot(&mut self) -> Result<(), CaptureError> {
+        let p = match &self.staging {
+            None => write_snapshot(&self.shared, &mut self.schemas, &mut self.sink)?,
+            Some(staging) => {
+                let main_last = self.sink.last_lsn()?;
+                if main_last == Lsn::ZERO {
+                    staging.remove()?;
+                    let mut stage = staging.open()?;
+                    write_snapshot(&self.shared, &mut self.schemas, &mut stage)?;
+                }
+                let p = copy_staged(staging, &mut self.sink, main_last)?;
+                staging.remove()?;
+                p
+            }
+        };
+        self.announced = self.read_announced()?;
+        self.last_logged = p;
+        self.delete_through(p, false)?;
+        self.shared.lock_state().snapshot_done = true;
+        self.publish_moved(p);
+        Ok(())
+    }
+}
+
+/// Copies the staged snapshot into `sink` after its record `main_last`; returns `P`.
+fn copy_staged(
+    staging: &SnapshotStaging,
+    sink: &mut dyn DurableSink,
+    main_last: Lsn,
+) -> Result<u64, CaptureError> {
+    let unfinished = |detail: String| CaptureError::UnfinishedSnapshot {
+        dir: staging.dir.clone(),
+        detail,
+    };
+    if !staging.dir.is_dir() {
+        return Err(unfinished("its staging log is gone".into()));
+    }
+    let mut stage = staging.open()?;
+    let p = match stage.last_record()? {
+        Some(Record::SnapshotEnd(SnapshotEnd {
+            position: SourcePosition::SledOutbox { seq },
+            ..
+        })) => seq,
+        other => {
+            return Err(unfinished(format!(
+                "the staging log ends with {}",
+                other.map_or("nothing", |r| r.type_name())
+            )));
+        }
+    };
+    let staged_last = stage.durable_lsn();
+    if main_last > staged_last {
+        return Err(unfinished(format!(
+            "the log has {main_last} records, the staging log only {staged_last}"
+        )));
+    }
+    if main_last > Lsn::ZERO {
+        let staged = stage
+            .reader(main_last)?
+            .next()
+            .transpose()?
+            .map(|(_, payload)| Record::decode(&payload))
+            .transpose()?;
+        if staged != sink.last_record()? {
+            return Err(unfinished(format!(
+                "record {main_last} of the log differs from the staged one"
+            )));
+        }
+    }
+    let mut batch = Vec::with_capacity(COPY_BATCH);
+    for item in stage.reader(main_last.next())? {
+        batch.push(item?.1);
+        if batch.len() >= COPY_BATCH {
+            sink.append(&batch)?;
+            batch.clear();
+        }
+    }
+    if !batch.is_empty() {
+        sink.append(&batch)?;
+    }
+    Ok(p)
+}
 
 struct SnapshotTree {
     name: IVec,
-    table: String,
+    tree: String,
     schema: TableSchema,
 }
 
 /// The value at `P` of each key changed after `P`, by (tree index, key).
 type UndoMap = BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>>;
 
-impl<S: DurableSink> Mover<S> {
-    pub(crate) fn take_snapshot(&mut self) -> Result<(), CaptureError> {
-        let shared = self.shared.clone();
-        let opts = &shared.opts;
-
-        let p = shared
-            .outbox
-            .transaction(|outbox| {
-                Ok::<_, sled::transaction::ConflictableTransactionError<CaptureError>>(
-                    outbox.get(COUNTER_KEY)?,
-                )
-            })
-            .map_err(CaptureError::from)?;
-        let p = match p {
-            Some(v) => decode_u64(&v, "the outbox counter")?,
-            None => 0,
-        };
-
-        let mut trees = Vec::new();
-        let mut names: Vec<IVec> = shared
-            .db
-            .tree_names()
-            .into_iter()
-            .filter(|n| opts.is_captured(n))
-            .collect();
-        names.sort();
-        for name in names {
-            let table = tree_name(&name)?.to_string();
-            let schema = self.schema(&table)?.clone();
-            trees.push(SnapshotTree {
-                name,
-                table,
-                schema,
-            });
-        }
-
-        // Which trees the log will know.
-        let old: Vec<IVec> = shared
-            .tables
-            .iter()
-            .keys()
-            .collect::<Result<_, sled::Error>>()?;
-        shared
-            .tables
-            .transaction(|tables| {
-                for k in &old {
-                    tables.remove(k)?;
-                }
-                for t in &trees {
-                    tables.insert(t.table.as_bytes(), &[][..])?;
-                }
-                Ok::<_, sled::transaction::ConflictableTransactionError<CaptureError>>(())
-            })
-            .map_err(CaptureError::from)?;
-        self.announced = trees.iter().map(|t| t.table.clone()).collect();
-        shared.db.flush()?;
-
-        let position = SourcePosition::SledOutbox { seq: p };
-        self.sink.append(&[Record::SnapshotBegin(SnapshotBegin {
-            position: position.clone(),
-            captured_at: now_micros(),
-            tables: trees.iter().map(|t| t.schema.clone()).collect(),
-            schema_rows: trees
-                .iter()
-                .filter_map(|t| crate::mover::create_table(&t.schema).after)
-                .collect(),
+/// Writes a complete snapshot (steps 1–5 above, except deleting the covered entries) into
+/// `out`; returns `P`.
+fn write_snapshot(
+    shared: &Shared,
+    schemas: &mut SchemaCache,
+    out: &mut dyn DurableSink,
+) -> Result<u64, CaptureError> {
+    let opts = &shared.opts;
+    let p = shared
+        .outbox
+        .transaction(|outbox| {
+            Ok::<_, sled::transaction::ConflictableTransactionError<CaptureError>>(
+                outbox.get(COUNTER_KEY)?,
+            )
         })
-        .encode()])?;
+        .map_err(CaptureError::from)?;
+    let p = match p {
+        Some(v) => decode_u64(&v, "the outbox counter")?,
+        None => 0,
+    };
 
-        let index: HashMap<Vec<u8>, usize> = trees
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.to_vec(), i))
-            .collect();
-        let mut undo = UndoMap::new();
-        let mut scanned = p;
-        let mut row_counts = Vec::with_capacity(trees.len());
-        for (ti, t) in trees.iter().enumerate() {
-            let tree = shared.db.open_tree(&t.name)?;
-            let mut lower: Option<IVec> = None;
-            let mut count = 0u64;
-            loop {
-                let mut rows = Vec::new();
-                let mut bytes = 0usize;
-                let mut complete = true;
-                let iter = match &lower {
-                    None => tree.iter(),
-                    Some(l) => {
-                        tree.range::<&[u8], _>((Bound::Excluded(l.as_ref()), Bound::Unbounded))
-                    }
-                };
-                for kv in iter {
-                    let (k, v) = kv?;
-                    bytes += k.len() + v.len();
-                    rows.push((k, v));
-                    if rows.len() >= opts.snapshot_chunk_rows.max(1)
-                        || bytes >= opts.snapshot_chunk_bytes
-                    {
-                        complete = false;
-                        break;
-                    }
-                }
-                let upper: Option<IVec> = if complete {
-                    None
-                } else {
-                    rows.last().map(|(k, _)| k.clone())
-                };
-                scanned = self.scan_undo(scanned, &index, ti, lower.as_deref(), &mut undo)?;
-
-                let range_lo = match &lower {
-                    None => Bound::Included((ti, Vec::new())),
-                    Some(l) => Bound::Excluded((ti, l.to_vec())),
-                };
-                let range_hi = match &upper {
-                    None => Bound::Excluded((ti + 1, Vec::new())),
-                    Some(u) => Bound::Included((ti, u.to_vec())),
-                };
-                let changed: Vec<(Vec<u8>, Option<Vec<u8>>)> = undo
-                    .range((range_lo, range_hi))
-                    .map(|((_, k), v)| (k.clone(), v.clone()))
-                    .collect();
-                for (k, _) in &changed {
-                    undo.remove(&(ti, k.clone()));
-                }
-                let at_p = merge_at_p(rows, changed);
-                let mut chunk = Vec::with_capacity(at_p.len());
-                for (k, v) in at_p {
-                    chunk.push(SnapshotRow {
-                        rowid: None,
-                        values: self.decode_row(&t.table, &t.schema, &k, &v)?,
-                    });
-                }
-                if !chunk.is_empty() {
-                    count += chunk.len() as u64;
-                    self.sink.append(&[Record::SnapshotRows(SnapshotRows {
-                        table: t.schema.name.clone(),
-                        rows: chunk,
-                    })
-                    .encode()])?;
-                }
-                match upper {
-                    Some(u) => lower = Some(u),
-                    None => break,
-                }
-            }
-            row_counts.push((t.schema.name.clone(), count));
-        }
-
-        self.sink.append(&[Record::SnapshotEnd(SnapshotEnd {
-            position,
-            captured_at: now_micros(),
-            row_counts,
-        })
-        .encode()])?;
-        self.last_logged = p;
-        self.delete_through(p, false)?;
-        shared.lock_state().snapshot_done = true;
-        self.publish_moved(p);
-        Ok(())
+    let mut trees = Vec::new();
+    let mut names: Vec<IVec> = shared
+        .db
+        .tree_names()
+        .into_iter()
+        .filter(|n| opts.is_captured(n))
+        .collect();
+    names.sort();
+    for name in names {
+        let tree = tree_name(&name)?.to_string();
+        let schema = schemas.get(shared, &tree)?;
+        trees.push(SnapshotTree { name, tree, schema });
     }
 
-    /// Adds to `undo` every change of entries after `scanned` to a key not yet emitted:
-    /// trees after the current one, or keys of the current one above `lower`.
-    fn scan_undo(
-        &self,
-        scanned: u64,
-        index: &HashMap<Vec<u8>, usize>,
-        current: usize,
-        lower: Option<&[u8]>,
-        undo: &mut UndoMap,
-    ) -> Result<u64, CaptureError> {
-        let mut last = scanned;
-        for kv in self.shared.outbox.range(seq_key(scanned + 1)..) {
-            let (k, v) = kv?;
-            let seq = decode_u64(&k, "an outbox key")?;
-            let entry = OutboxEntry::decode(seq, &v)?;
-            for c in entry.changes {
-                let Some(&ti) = index.get(c.tree.as_slice()) else {
-                    // Not a snapshotted tree: created after the listing, so empty at P; its
-                    // entries announce it after the snapshot.
-                    continue;
-                };
-                let emitted =
-                    ti < current || (ti == current && lower.is_some_and(|l| c.key.as_slice() <= l));
-                if !emitted {
-                    undo.entry((ti, c.key)).or_insert(c.before);
+    // Which trees the log will know.
+    let old: Vec<IVec> = shared
+        .tables
+        .iter()
+        .keys()
+        .collect::<Result<_, sled::Error>>()?;
+    shared
+        .tables
+        .transaction(|tables| {
+            for k in &old {
+                tables.remove(k)?;
+            }
+            for t in &trees {
+                tables.insert(t.tree.as_bytes(), &[][..])?;
+            }
+            Ok::<_, sled::transaction::ConflictableTransactionError<CaptureError>>(())
+        })
+        .map_err(CaptureError::from)?;
+    shared.db.flush()?;
+
+    let position = SourcePosition::SledOutbox { seq: p };
+    out.append(&[Record::SnapshotBegin(SnapshotBegin {
+        position: position.clone(),
+        captured_at: now_micros(),
+        tables: trees.iter().map(|t| t.schema.clone()).collect(),
+        schema_rows: trees
+            .iter()
+            .filter_map(|t| create_table(&t.schema).after)
+            .collect(),
+    })
+    .encode()])?;
+
+    let index: HashMap<Vec<u8>, usize> = trees
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.to_vec(), i))
+        .collect();
+    let mut undo = UndoMap::new();
+    let mut scanned = p;
+    let mut row_counts = Vec::with_capacity(trees.len());
+    for (ti, t) in trees.iter().enumerate() {
+        let tree = shared.db.open_tree(&t.name)?;
+        let mut lower: Option<IVec> = None;
+        let mut count = 0u64;
+        loop {
+            let mut rows = Vec::new();
+            let mut bytes = 0usize;
+            let mut complete = true;
+            let iter = match &lower {
+                None => tree.iter(),
+                Some(l) => tree.range::<&[u8], _>((Bound::Excluded(l.as_ref()), Bound::Unbounded)),
+            };
+            for kv in iter {
+                let (k, v) = kv?;
+                bytes += k.len() + v.len();
+                rows.push((k, v));
+                if rows.len() >= opts.snapshot_chunk_rows.max(1)
+                    || bytes >= opts.snapshot_chunk_bytes
+                {
+                    complete = false;
+                    break;
                 }
             }
-            last = seq;
+            let upper: Option<IVec> = if complete {
+                None
+            } else {
+                rows.last().map(|(k, _)| k.clone())
+            };
+            scanned = scan_undo(shared, scanned, &index, ti, lower.as_deref(), &mut undo)?;
+
+            let range_lo = match &lower {
+                None => Bound::Included((ti, Vec::new())),
+                Some(l) => Bound::Excluded((ti, l.to_vec())),
+            };
+            let range_hi = match &upper {
+                None => Bound::Excluded((ti + 1, Vec::new())),
+                Some(u) => Bound::Included((ti, u.to_vec())),
+            };
+            let changed: Vec<(Vec<u8>, Option<Vec<u8>>)> = undo
+                .range((range_lo, range_hi))
+                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .collect();
+            for (k, _) in &changed {
+                undo.remove(&(ti, k.clone()));
+            }
+            let at_p = merge_at_p(rows, changed);
+            let mut chunk = Vec::with_capacity(at_p.len());
+            for (k, v) in at_p {
+                chunk.push(SnapshotRow {
+                    rowid: None,
+                    values: decode_row(shared, &t.tree, &t.schema, &k, &v)?,
+                });
+            }
+            if !chunk.is_empty() {
+                count += chunk.len() as u64;
+                out.append(&[Record::SnapshotRows(SnapshotRows {
+                    table: t.schema.name.clone(),
+                    rows: chunk,
+                })
+                .encode()])?;
+            }
+            match upper {
+                Some(u) => lower = Some(u),
+                None => break,
+            }
         }
-        Ok(last)
+        row_counts.push((t.schema.name.clone(), count));
     }
+
+    out.append(&[Record::SnapshotEnd(SnapshotEnd {
+        position,
+        captured_at: now_micros(),
+        row_counts,
+    })
+    .encode()])?;
+    Ok(p)
+}
+
+/// Adds to `undo` every change of entries after `scanned` to a key not yet emitted: trees
+/// after the current one, or keys of the current one above `lower`. Returns the last entry
+/// scanned.
+fn scan_undo(
+    shared: &Shared,
+    scanned: u64,
+    index: &HashMap<Vec<u8>, usize>,
+    current: usize,
+    lower: Option<&[u8]>,
+    undo: &mut UndoMap,
+) -> Result<u64, CaptureError> {
+    let mut last = scanned;
+    for kv in shared.outbox.range(seq_key(scanned + 1)..) {
+        let (k, v) = kv?;
+        let seq = decode_u64(&k, "an outbox key")?;
+        let entry = OutboxEntry::decode(seq, &v)?;
+        for c in entry.changes {
+            let Some(&ti) = index.get(c.tree.as_slice()) else {
+                // Not a snapshotted tree: created after the listing, so empty at P; its
+                // entries announce it after the snapshot.
+                continue;
+            };
+            let emitted =
+                ti < current || (ti == current && lower.is_some_and(|l| c.key.as_slice() <= l));
+            if !emitted {
+                undo.entry((ti, c.key)).or_insert(c.before);
+            }
+        }
+        last = seq;
+    }
+    Ok(last)
 }
 
 /// The rows of one key range at `P`: the rows read, overridden by the values at `P` of the

@@ -62,7 +62,13 @@ fn total_of(contents: &Contents) -> u64 {
 
 /// Runs the app until it has printed `committed` `stop_after` times (or exits), then kills
 /// it with SIGKILL. Returns the last sequence number it printed as committed.
-fn run_and_kill(path: &Path, state: &Path, mode: &str, stop_after: u64) -> Option<u64> {
+fn run_and_kill(
+    path: &Path,
+    state: &Path,
+    mode: &str,
+    stop_after: u64,
+    delay: Duration,
+) -> Option<u64> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-sled-crash-app"))
         .arg(path)
         .arg(state)
@@ -84,6 +90,11 @@ fn run_and_kill(path: &Path, state: &Path, mode: &str, stop_after: u64) -> Optio
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = None;
     let mut seen = 0;
+    if stop_after == 0 {
+        // A random kill point inside start-up (sled recovery, mover recovery, snapshot,
+        // copy): the delay picks the point, nothing waits on it.
+        std::thread::sleep(delay);
+    }
     while seen < stop_after {
         let left = deadline.saturating_duration_since(Instant::now());
         match rx.recv_timeout(left) {
@@ -129,7 +140,7 @@ fn killed_application_loses_and_doubles_nothing() {
             {
                 let db = sled::open(&path).expect("sled");
                 let t = db.open_tree("legacy").expect("tree");
-                for i in 0..3000u32 {
+                for i in 0..10_000u32 {
                     t.insert(i.to_be_bytes(), vec![7u8; 40]).expect("insert");
                 }
                 db.flush().expect("flush");
@@ -142,7 +153,8 @@ fn killed_application_loses_and_doubles_nothing() {
                 } else {
                     rng.random_range(1..120)
                 };
-                if let Some(n) = run_and_kill(&path, &state, mode, stop_after) {
+                let delay = Duration::from_millis(rng.random_range(0..400));
+                if let Some(n) = run_and_kill(&path, &state, mode, stop_after, delay) {
                     printed_max = printed_max.max(n);
                 }
                 // What survived must be the state after some prefix of transactions.
@@ -180,6 +192,14 @@ fn killed_application_loses_and_doubles_nothing() {
             let sled_db = db.sled().clone();
             db.close(Duration::from_secs(60)).expect("close");
             let records = read_log(&state, "app");
+            let begins = records
+                .iter()
+                .filter(|r| matches!(r, ferry_core::Record::SnapshotBegin(_)))
+                .count();
+            assert_eq!(
+                begins, 1,
+                "{mode}: exactly one snapshot, however often it was interrupted"
+            );
             let f = fold(&records);
             let contents = sled_contents(&sled_db);
             assert_same(&fold_contents(&f), &contents);

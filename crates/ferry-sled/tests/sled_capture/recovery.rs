@@ -52,6 +52,10 @@ impl DurableSink for FaultyLog {
     fn last_record(&mut self) -> Result<Option<Record>, CaptureError> {
         self.log.last_record()
     }
+
+    fn last_lsn(&mut self) -> Result<ferry_core::Lsn, CaptureError> {
+        self.log.last_lsn()
+    }
 }
 
 fn wait_for_mover_error(db: &CapturedDb) -> Arc<CaptureError> {
@@ -157,6 +161,10 @@ impl DurableSink for GatedLog {
 
     fn last_record(&mut self) -> Result<Option<Record>, CaptureError> {
         self.log.last_record()
+    }
+
+    fn last_lsn(&mut self) -> Result<ferry_core::Lsn, CaptureError> {
+        self.log.last_lsn()
     }
 }
 
@@ -437,4 +445,64 @@ fn excluded_trees_are_neither_snapshotted_nor_captured() {
     let f = fold(&read_log(&state, "app"));
     assert!(!f.tables.contains_key("cache"));
     assert_eq!(f.tables.get("kept").map(|t| t.rows.len()), Some(2));
+}
+
+/// A crash while the staged snapshot is copied into the log: the next start finishes the
+/// copy; the log holds exactly one, complete snapshot.
+#[test]
+fn a_crash_while_copying_the_staged_snapshot_resumes_the_copy() {
+    for append_then_fail in [false, true] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (path, state) = (dir.path().join("app"), dir.path().join("state"));
+        let staging = dir.path().join("staging");
+        let sled_db = sled::open(&path).expect("sled");
+        let t = sled_db.open_tree("t").expect("tree");
+        for i in 0..500u32 {
+            t.insert(i.to_be_bytes(), vec![1u8; 10]).expect("insert");
+        }
+        let opts = CaptureOptions {
+            snapshot_chunk_rows: 5,
+            snapshot_staging: Some(staging.clone()),
+            ..CaptureOptions::default()
+        };
+        // 102 staged records (begin, 100 chunks, end) are copied 64 at a time: the first
+        // copy succeeds, the second fails (before or after reaching the log).
+        let sink = FaultyLog {
+            log: open_log(&state, &path),
+            good_appends: 1,
+            append_then_fail,
+        };
+        let db = CapturedDb::with_sink(sled_db.clone(), sink, opts.clone()).expect("capture");
+        let err = wait_for_mover_error(&db);
+        assert!(matches!(&*err, CaptureError::Sink(_)), "{err}");
+        // Writes keep landing in the outbox meanwhile.
+        db.open_tree("t")
+            .expect("tree")
+            .remove(3u32.to_be_bytes())
+            .expect("remove");
+        drop(db);
+        let copied = read_log(&state, "app");
+        let expected_len = if append_then_fail { 102 } else { 64 };
+        assert_eq!(copied.len(), expected_len);
+        assert!(staging.is_dir(), "the staging log outlives the failed copy");
+
+        let db = CapturedDb::with_sink(sled_db.clone(), open_log(&state, &path), opts)
+            .expect("capture again");
+        db.close(Duration::from_secs(30)).expect("close");
+        let records = check_log_equals_sled(&state, &sled_db);
+        let begins = records
+            .iter()
+            .filter(|r| matches!(r, Record::SnapshotBegin(_)))
+            .count();
+        assert_eq!(begins, 1);
+        assert!(!staging.exists(), "the staging log is deleted once copied");
+        assert_eq!(
+            records
+                .iter()
+                .filter(|r| matches!(r, Record::Transaction(_)))
+                .count(),
+            1,
+            "the remove made during the failed copy follows the snapshot"
+        );
+    }
 }
