@@ -40,7 +40,7 @@ fn value(rng: &mut StdRng) -> Vec<u8> {
 }
 
 /// One random captured operation.
-fn random_op(rng: &mut StdRng, db: &CapturedDb, trees: &[CapturedTree]) {
+pub fn random_op(rng: &mut StdRng, db: &CapturedDb, trees: &[CapturedTree]) {
     let t = &trees[rng.random_range(0..trees.len())];
     match rng.random_range(0..100) {
         0..30 => {
@@ -158,7 +158,7 @@ fn random_op(rng: &mut StdRng, db: &CapturedDb, trees: &[CapturedTree]) {
     }
 }
 
-fn open_trees(db: &CapturedDb) -> Vec<CapturedTree> {
+pub fn open_trees(db: &CapturedDb) -> Vec<CapturedTree> {
     TREES
         .iter()
         .map(|n| {
@@ -171,7 +171,7 @@ fn open_trees(db: &CapturedDb) -> Vec<CapturedTree> {
 
 /// Years of data written before capture started, in the trees the workload uses and in one
 /// it never touches.
-fn prepopulate(path: &std::path::Path, rng: &mut StdRng, rows: usize) {
+pub fn prepopulate(path: &std::path::Path, rng: &mut StdRng, rows: usize) {
     let db = sled::open(path).expect("open sled");
     for name in TREES.iter().chain(["legacy"].iter()) {
         let t = db.open_tree(name).expect("tree");

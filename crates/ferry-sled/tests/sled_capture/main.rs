@@ -3,5 +3,6 @@
 
 mod crash_loop;
 mod differential;
+mod postgres;
 mod recovery;
 mod support;
