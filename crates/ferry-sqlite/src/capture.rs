@@ -465,7 +465,33 @@ impl SqliteCapture {
 
     /// The database state visible now (file overlaid with every committed WAL frame), read
     /// under the caller's read transaction: pages from the WAL, the resume point, page size.
+    ///
+    /// A WAL restart during the read (possible only when our reader got read mark 0, and then
+    /// only once) would mix two generations, so the read is repeated until the WAL header was
+    /// the same before and after it.
     fn current_state(&mut self) -> Result<(HashMap<u32, Page>, ResumePoint, usize), CaptureError> {
+        loop {
+            let salts_before = self.wal_salts()?;
+            let state = self.current_state_once()?;
+            if self.wal_salts()? == salts_before {
+                return Ok(state);
+            }
+        }
+    }
+
+    fn wal_salts(&mut self) -> Result<Option<(u32, u32, u32, u32)>, CaptureError> {
+        let path = self.wal_path.clone();
+        match self.wal()? {
+            Some(w) => Ok(crate::wal_tail::read_header(w)
+                .map_err(|source| CaptureError::Io { path, source })?
+                .map(|h| (h.salt1, h.salt2, h.checksum.0, h.checksum.1))),
+            None => Ok(None),
+        }
+    }
+
+    fn current_state_once(
+        &mut self,
+    ) -> Result<(HashMap<u32, Page>, ResumePoint, usize), CaptureError> {
         let hdr = self.read_db_header()?;
         let file_len = self
             .db_file
@@ -516,20 +542,7 @@ impl SqliteCapture {
         self.release_all()?;
         self.shadow.reset()?;
         let r = self.take_new_reader()?;
-        let (wal_pages, point, page_size) = loop {
-            let (pages, point, ps) = self.current_state()?;
-            // A WAL restart during the read (possible only when our reader got mark 0) would
-            // change the salts: read again.
-            let salts_now = match self.wal()? {
-                Some(w) => crate::wal_tail::read_header(w)
-                    .map_err(self.io_err(&self.wal_path))?
-                    .map(|h| (h.salt1, h.salt2)),
-                None => None,
-            };
-            if point.salts.is_none() || salts_now == point.salts {
-                break (pages, point, ps);
-            }
-        };
+        let (wal_pages, point, page_size) = self.current_state()?;
         // Copy the state into the shadow.
         for pg in 1..=point.db_pages {
             let data: Page = match wal_pages.get(&pg) {
