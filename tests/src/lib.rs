@@ -234,7 +234,7 @@ pub mod sample_log {
         let id = SourceId("app".into());
         let log = ferry_log::Log::open(&sd.log_dir(&id), "app", ferry_log::LogOptions::default())
             .unwrap();
-        let records = vec![
+        let records = [
             Record::SnapshotBegin(SnapshotBegin {
                 position: wal(1),
                 captured_at: 1_700_000_000_000_000,

@@ -31,6 +31,7 @@ pub fn decode(lsn: Lsn, payload: &[u8]) -> anyhow::Result<Record> {
 /// The log as the shipper sees it: the in-process writer (`ferry run`) or a read-only view
 /// of a log another process writes (`ferry ship` beside `ferry capture`).
 pub enum LogHandle {
+    #[allow(dead_code)] // `ferry run` ships from its own writer (issue 5)
     Writer(std::sync::Arc<ferry_log::Log>),
     ReadOnly(ferry_log::ReadOnlyLog),
 }

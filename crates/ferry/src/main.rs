@@ -22,7 +22,6 @@ mod metrics;
 #[allow(dead_code)] // used by `ferry run`, `status` and `demo`
 mod runfile;
 mod signals;
-#[allow(dead_code)] // used by `ferry verify` (issue 5)
 mod sqlite_read;
 #[allow(dead_code)] // wired into `ferry run` (issue 5)
 mod status;

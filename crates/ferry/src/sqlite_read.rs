@@ -5,7 +5,7 @@
 //! The connection is read-only and sets `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`, so closing it
 //! can never checkpoint or remove the application's WAL.
 
-use ferry_core::{ROWID_COLUMN, Value};
+use ferry_core::Value;
 use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, config::DbConfig};
 use std::path::Path;
@@ -18,16 +18,6 @@ pub struct VerifyTable {
     pub decl_types: Vec<String>,
     /// Column indexes of the key in key order; empty = keyed by rowid.
     pub key: Vec<usize>,
-}
-
-impl VerifyTable {
-    pub fn key_names(&self) -> Vec<String> {
-        if self.key.is_empty() {
-            vec![ROWID_COLUMN.to_string()]
-        } else {
-            self.key.iter().map(|&i| self.columns[i].clone()).collect()
-        }
-    }
 }
 
 pub fn open_read_only(db: &Path) -> rusqlite::Result<Connection> {
@@ -117,13 +107,9 @@ pub fn value_of(v: ValueRef<'_>) -> Value {
     }
 }
 
-/// Calls `f(key, row)` for every row of `t` in key order (SQLite's BINARY order, which
-/// PostgreSQL reproduces with `COLLATE "C"`).
-pub fn for_each_row(
-    conn: &Connection,
-    t: &VerifyTable,
-    mut f: impl FnMut(Vec<Value>, Vec<Value>) -> anyhow::Result<()>,
-) -> anyhow::Result<()> {
+/// The query that reads `t` in key order (SQLite's BINARY order, which PostgreSQL
+/// reproduces with `COLLATE "C"`); rowid-keyed tables select the rowid first.
+pub fn select_in_key_order(t: &VerifyTable) -> String {
     let cols: Vec<String> = t.columns.iter().map(|c| quote(c)).collect();
     let (select, order) = if t.key.is_empty() {
         (format!("rowid, {}", cols.join(", ")), "rowid".to_string())
@@ -137,22 +123,100 @@ pub fn for_each_row(
                 .join(", "),
         )
     };
-    let sql = format!("SELECT {select} FROM {} ORDER BY {order}", quote(&t.name));
-    let mut stmt = conn.prepare(&sql)?;
-    let mut rows = stmt.query([])?;
+    format!("SELECT {select} FROM {} ORDER BY {order}", quote(&t.name))
+}
+
+/// (key, row) of one result row of [`select_in_key_order`].
+pub fn key_and_row(
+    t: &VerifyTable,
+    r: &rusqlite::Row<'_>,
+) -> rusqlite::Result<(Vec<Value>, Vec<Value>)> {
     let offset = usize::from(t.key.is_empty());
+    let values: Vec<Value> = (0..t.columns.len())
+        .map(|i| r.get_ref(i + offset).map(value_of))
+        .collect::<Result<_, _>>()?;
+    let key = if t.key.is_empty() {
+        vec![value_of(r.get_ref(0)?)]
+    } else {
+        t.key.iter().map(|&i| values[i].clone()).collect()
+    };
+    Ok((key, values))
+}
+
+/// Calls `f(key, row)` for every row of `t` in key order.
+pub fn for_each_row(
+    conn: &Connection,
+    t: &VerifyTable,
+    mut f: impl FnMut(Vec<Value>, Vec<Value>) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    let mut stmt = conn.prepare(&select_in_key_order(t))?;
+    let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let values: Vec<Value> = (0..t.columns.len())
-            .map(|i| r.get_ref(i + offset).map(value_of))
-            .collect::<Result<_, _>>()?;
-        let key = if t.key.is_empty() {
-            vec![value_of(r.get_ref(0)?)]
-        } else {
-            t.key.iter().map(|&i| values[i].clone()).collect()
-        };
+        let (key, values) = key_and_row(t, r)?;
         f(key, values)?;
     }
     Ok(())
+}
+
+/// A `ferry_core::TableSchema` for `t`, from SQLite's own catalog, keyed the way capture keys
+/// rows: the declared primary key, the rowid where none is declared.
+pub fn table_schema(
+    conn: &Connection,
+    t: &VerifyTable,
+) -> rusqlite::Result<ferry_core::TableSchema> {
+    use ferry_core::{Affinity, Column, KeyColumns, TableSchema};
+    let sql: String = conn.query_row(
+        "SELECT coalesce(sql, '') FROM sqlite_schema WHERE type = 'table' AND name = ?1",
+        [&t.name],
+        |r| r.get(0),
+    )?;
+    let upper = sql.to_ascii_uppercase();
+    let without_rowid = upper
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .windows(2)
+        .any(|w| w == ["WITHOUT", "ROWID"]);
+    let columns: Vec<Column> = t
+        .columns
+        .iter()
+        .zip(&t.decl_types)
+        .enumerate()
+        .map(|(i, (name, decl))| Column {
+            name: name.clone(),
+            decl_type: decl.clone(),
+            affinity: Affinity::from_declared_type(decl),
+            not_null: false,
+            default_sql: None,
+            default_value: None,
+            pk_position: t
+                .key
+                .iter()
+                .position(|&k| k == i)
+                .map_or(0, |p| p as u32 + 1),
+            generated: None,
+            collation: None,
+        })
+        .collect();
+    let rowid_alias = match t.key.as_slice() {
+        [k] if !without_rowid && t.decl_types[*k].eq_ignore_ascii_case("INTEGER") => Some(*k),
+        _ => None,
+    };
+    Ok(TableSchema {
+        name: t.name.clone(),
+        columns,
+        key: if t.key.is_empty() {
+            KeyColumns::Rowid
+        } else {
+            KeyColumns::PrimaryKey(t.key.clone())
+        },
+        rowid_alias,
+        without_rowid,
+        strict: false,
+        autoincrement: upper.contains("AUTOINCREMENT"),
+        unique: vec![],
+        foreign_keys: vec![],
+        sql,
+    })
 }
 
 #[cfg(test)]
@@ -185,9 +249,9 @@ mod tests {
             "sqlite_sequence is internal here"
         );
         let w = ts.iter().find(|t| t.name == "w").unwrap();
-        assert_eq!(w.key_names(), ["c", "a"]);
+        assert_eq!(w.key, [2, 0]);
         let n = ts.iter().find(|t| t.name == "n").unwrap();
-        assert_eq!(n.key_names(), [ROWID_COLUMN]);
+        assert!(n.key.is_empty(), "keyed by rowid");
         let mut keys = Vec::new();
         for_each_row(&conn, w, |k, _| {
             keys.push(k);

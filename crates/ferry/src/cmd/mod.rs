@@ -5,7 +5,9 @@ pub mod demo;
 pub mod log;
 pub mod sample_app;
 pub mod ship;
+pub mod snapshot;
 pub mod status;
+pub mod verify;
 
 use crate::cli::{Cli, Command, GlobalArgs, LogFormat, SampleAppArgs};
 use anyhow::bail;
@@ -33,9 +35,9 @@ pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(_) => not_built("run", 5),
         Command::Capture(_) => not_built("capture", 3),
         Command::Ship(a) => ship::run(a),
-        Command::Snapshot(_) => not_built("snapshot", 4),
+        Command::Snapshot(a) => snapshot::run(a),
         Command::Status(a) => status::run(a),
-        Command::Verify(_) => not_built("verify", 5),
+        Command::Verify(a) => verify::run(a),
         Command::Cutover(_) => not_built("cutover", 5),
         Command::Demo(_) => not_built("demo", 5),
         Command::Log(crate::cli::LogCommand::Inspect(a)) => log::inspect(a),

@@ -1,0 +1,264 @@
+//! `ferry snapshot`: the one-shot copy of a SQLite database into PostgreSQL (what pgloader
+//! does), without the log. SQLite is read inside one read transaction and streamed as
+//! snapshot records through a bounded channel into the same shipper `ferry run` uses, so the
+//! type mapping, binary COPY load, indexes and foreign keys are exactly the replication's.
+
+use crate::cli::SnapshotArgs;
+use crate::sqlite_read;
+use anyhow::Context;
+use ferry_core::{
+    Lsn, Record, SnapshotBegin, SnapshotEnd, SnapshotRow, SnapshotRows, SourcePosition,
+    TableSchema, Value,
+};
+use ferry_pg::{RecordSource, RecordSourceError, Shipper};
+use std::process::ExitCode;
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
+use std::time::Duration;
+
+/// Rows per snapshot record, and records in flight: bounds memory whatever the table sizes.
+const ROWS_PER_RECORD: usize = 2_000;
+const RECORDS_IN_FLIGHT: usize = 8;
+
+/// Reads every table of `db` inside one read transaction and sends the snapshot records.
+fn produce(db: &std::path::Path, tx: SyncSender<anyhow::Result<Record>>) -> anyhow::Result<()> {
+    let conn = sqlite_read::open_read_only(db)
+        .with_context(|| format!("opening {} read-only", db.display()))?;
+    conn.execute_batch("BEGIN")?;
+    let change_counter: u32 = conn
+        .query_row("PRAGMA data_version", [], |r| r.get::<_, i64>(0))
+        .map(|v| v as u32)?;
+    let tables = sqlite_read::tables(&conn)?;
+    let schemas: Vec<TableSchema> = tables
+        .iter()
+        .map(|t| sqlite_read::table_schema(&conn, t))
+        .collect::<Result<_, _>>()?;
+    let mut schema_rows = Vec::new();
+    {
+        let mut stmt =
+            conn.prepare("SELECT type, name, tbl_name, rootpage, sql FROM sqlite_schema")?;
+        let rows = stmt.query_map([], |r| {
+            Ok(ferry_core::SchemaRow {
+                kind: r.get(0)?,
+                name: r.get(1)?,
+                tbl_name: r.get(2)?,
+                rootpage: r.get::<_, Option<i64>>(3)?.unwrap_or(0),
+                sql: r.get(4)?,
+            })
+        })?;
+        for r in rows {
+            schema_rows.push(r?);
+        }
+    }
+    let position = SourcePosition::SqliteFile {
+        change_counter,
+        wal: None,
+    };
+    let send = |r: Record| {
+        tx.send(Ok(r))
+            .map_err(|_| anyhow::anyhow!("the shipper stopped"))
+    };
+    send(Record::SnapshotBegin(SnapshotBegin {
+        position: position.clone(),
+        captured_at: ferry_core::now_micros(),
+        tables: schemas.clone(),
+        schema_rows,
+    }))?;
+    let mut counts = Vec::new();
+    for (t, schema) in tables.iter().zip(&schemas) {
+        let mut chunk = Vec::with_capacity(ROWS_PER_RECORD);
+        let mut n = 0u64;
+        sqlite_read::for_each_row(&conn, t, |key, values| {
+            let rowid = if schema.keyed_by_rowid() {
+                key.first().and_then(Value::as_i64)
+            } else {
+                schema
+                    .rowid_alias
+                    .and_then(|i| values.get(i))
+                    .and_then(Value::as_i64)
+            };
+            chunk.push(SnapshotRow { rowid, values });
+            n += 1;
+            if chunk.len() >= ROWS_PER_RECORD {
+                send(Record::SnapshotRows(SnapshotRows {
+                    table: t.name.clone(),
+                    rows: std::mem::take(&mut chunk),
+                }))?;
+            }
+            Ok(())
+        })?;
+        if !chunk.is_empty() {
+            send(Record::SnapshotRows(SnapshotRows {
+                table: t.name.clone(),
+                rows: chunk,
+            }))?;
+        }
+        counts.push((t.name.clone(), n));
+    }
+    send(Record::SnapshotEnd(SnapshotEnd {
+        position,
+        captured_at: ferry_core::now_micros(),
+        row_counts: counts,
+    }))?;
+    conn.execute_batch("COMMIT")?;
+    Ok(())
+}
+
+/// The snapshot as a record source: records numbered from 1 as they arrive. Asked for LSN 1
+/// again (the shipper reads the snapshot twice: once to profile column types, once to load),
+/// it reads SQLite again from the start; any other rewind is an error and the operator reruns
+/// the snapshot.
+struct ChannelSource {
+    db: std::path::PathBuf,
+    rx: Receiver<anyhow::Result<Record>>,
+    producer: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+    next: Lsn,
+    done: bool,
+    /// The last LSN, once the snapshot has been read to its end (0 before).
+    last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl ChannelSource {
+    fn start(db: &std::path::Path) -> ChannelSource {
+        let (tx, rx) = std::sync::mpsc::sync_channel(RECORDS_IN_FLIGHT);
+        let path = db.to_path_buf();
+        let producer = std::thread::spawn(move || {
+            let r = produce(&path, tx.clone());
+            if let Err(e) = &r {
+                let _ = tx.send(Err(anyhow::anyhow!("{e:#}")));
+            }
+            r
+        });
+        ChannelSource {
+            db: db.to_path_buf(),
+            rx,
+            producer: Some(producer),
+            next: Lsn(1),
+            done: false,
+            last: Default::default(),
+        }
+    }
+
+    fn finish(&mut self) -> anyhow::Result<()> {
+        match self.producer.take() {
+            Some(p) => p
+                .join()
+                .map_err(|_| anyhow::anyhow!("the SQLite reader panicked"))?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl RecordSource for ChannelSource {
+    fn log_id(&self) -> String {
+        // A one-shot snapshot has no durable log; a fixed id marks its progress row.
+        "00000000000000000000000000000000".into()
+    }
+
+    fn read_batch(
+        &mut self,
+        after: Lsn,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(Lsn, Record)>, RecordSourceError> {
+        if after == Lsn::ZERO && self.next != Lsn(1) {
+            // Dropping the receiver stops the old producer at its next send.
+            let mut fresh = ChannelSource::start(&self.db);
+            fresh.last = self.last.clone();
+            fresh.last.store(0, std::sync::atomic::Ordering::SeqCst);
+            let old = std::mem::replace(self, fresh);
+            drop(old.rx);
+            if let Some(p) = old.producer {
+                let _ = p.join();
+            }
+        }
+        if after.next() != self.next {
+            return Err(RecordSourceError::new(format!(
+                "the one-shot snapshot cannot re-read from LSN {} (it is at {}); run `ferry snapshot` again",
+                after.next(),
+                self.next
+            )));
+        }
+        let mut out = Vec::new();
+        while out.len() < max && !self.done {
+            let item = if out.is_empty() {
+                self.rx.recv_timeout(wait)
+            } else {
+                self.rx.try_recv().map_err(|_| RecvTimeoutError::Timeout)
+            };
+            match item {
+                Ok(Ok(r)) => {
+                    out.push((self.next, r));
+                    self.next = self.next.next();
+                }
+                Ok(Err(e)) => return Err(RecordSourceError::new(format!("reading SQLite: {e:#}"))),
+                Err(RecvTimeoutError::Timeout) => break,
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.done = true;
+                    self.last
+                        .store(self.next.0 - 1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        }
+        if out.is_empty() && self.done {
+            // Nothing more will come: wait as asked rather than spin.
+            std::thread::sleep(wait);
+        }
+        Ok(out)
+    }
+}
+
+pub fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.source.is_file(),
+        "{} does not exist or is not a file",
+        args.source.display()
+    );
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let source_id = ferry_core::state_dir::source_id_from_path(&args.source).0;
+    let started = std::time::Instant::now();
+    let result = rt.block_on(async {
+        let target = crate::cmd::ship::target(&args.target)?;
+        let mut opts =
+            crate::cmd::ship::ship_options(&args.target, &format!("snapshot:{source_id}"));
+        opts.max_retries = 0;
+        let mut shipper = Shipper::new(target, opts)
+            .await
+            .context("connecting to PostgreSQL")?;
+        let mut source = ChannelSource::start(&args.source);
+        // The snapshot's last LSN is unknown until it is read: ship until the shipper has
+        // applied the last record the source produced.
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let last = source.last.clone();
+        let status = shipper.status_handle();
+        let watcher = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let end = last.load(std::sync::atomic::Ordering::SeqCst);
+                let applied = status.lock().map(|s| s.applied_lsn.0).unwrap_or(0);
+                if end > 0 && applied >= end {
+                    let _ = stop_tx.send(true);
+                    return;
+                }
+            }
+        });
+        let summary = shipper.run(&mut source, stop_rx).await;
+        watcher.abort();
+        let produced = source.finish();
+        anyhow::Ok((summary, shipper.status(), produced))
+    });
+    let (summary, status, produced) = result?;
+    produced?;
+    let summary = summary.context("loading the snapshot into PostgreSQL")?;
+    println!(
+        "copied {} rows of {} tables in {:.1} s",
+        summary.stats.rows_loaded,
+        status.tables.len(),
+        started.elapsed().as_secs_f64()
+    );
+    for n in status.notices {
+        println!("note: {n}");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,276 @@
+//! `ferry verify`: proves row by row that PostgreSQL holds what SQLite holds.
+//!
+//! Both sides are streamed in key order — SQLite from one read snapshot, PostgreSQL by
+//! keyset pages with text keys in `COLLATE "C"` (SQLite's BINARY order) — and merged with
+//! `ferry_core::compare::compare_sorted`; a pair of rows is equal when converting the SQLite
+//! values the way the shipper does gives PostgreSQL's values (ferry-pg's `row_matches`), so a
+//! faithful conversion is never reported as a difference and a real one never hidden.
+//!
+//! Against a live source replicated by `ferry run` (`--state-dir`), SQLite moves on while we
+//! read, so a difference can be a change still in flight: verify first waits until the run
+//! reports no lag, and re-compares the tables that differed (up to three times, waiting for
+//! the lag to drain before each). Differences that persist are real.
+//!
+//! Exit codes: 0 equal, 1 different, 2 error.
+
+use crate::cli::VerifyArgs;
+use crate::sqlite_read::{self, VerifyTable};
+use anyhow::Context;
+use ferry_core::compare::{Comparison, compare_sorted};
+use ferry_core::{TableSchema, Value};
+use ferry_pg::mapping::{MapOptions, TableMap};
+use ferry_pg::{PgTarget, TargetRowReader, find_table, map_onto};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+const PAGE: usize = 5_000;
+const LIVE_ATTEMPTS: usize = 3;
+
+pub struct TableResult {
+    pub table: String,
+    pub target: String,
+    pub comparison: Comparison<Vec<Value>>,
+    pub map: Option<TableMap>,
+}
+
+pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let target = crate::cmd::ship::target(&args.target)?;
+    let map_opts = MapOptions {
+        schema: args.target.schema.clone(),
+        table_prefix: args.target.table_prefix.clone(),
+        keep_case: false,
+        type_overrides: Default::default(),
+    };
+    let live = args
+        .state_dir
+        .as_ref()
+        .and_then(|d| crate::runfile::RunFile::read_live(&d.join("run.json")));
+    if let Some(rf) = &live {
+        wait_for_no_lag(&rf.admin_addr, Duration::from_secs(120))?;
+    }
+    let mut results = verify_tables(&rt, &target, &args.source, &map_opts, None)?;
+    if let Some(rf) = &live {
+        for _ in 1..LIVE_ATTEMPTS {
+            let differing: Vec<String> = results
+                .iter()
+                .filter(|r| !r.comparison.is_equal())
+                .map(|r| r.table.clone())
+                .collect();
+            if differing.is_empty() {
+                break;
+            }
+            wait_for_no_lag(&rf.admin_addr, Duration::from_secs(120))?;
+            let again = verify_tables(&rt, &target, &args.source, &map_opts, Some(&differing))?;
+            for a in again {
+                if let Some(r) = results.iter_mut().find(|r| r.table == a.table) {
+                    *r = a;
+                }
+            }
+        }
+    }
+    print_report(&results);
+    let equal = results.iter().all(|r| r.comparison.is_equal());
+    Ok(if equal {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn wait_for_no_lag(admin: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (code, _, body) = crate::admin::http_get(admin, "/status", None)
+            .context("asking the running ferry for its lag")?;
+        anyhow::ensure!(
+            code == 200,
+            "the running ferry answered /status with HTTP {code}"
+        );
+        let r: crate::status::StatusReport = serde_json::from_str(&body)?;
+        if let Some(e) = r.sources.iter().find_map(|s| s.last_error.clone()) {
+            anyhow::bail!("the running ferry reports an error: {e}");
+        }
+        if r.sources
+            .iter()
+            .all(|s| s.lag_records == 0 && s.state == crate::status::SourceState::Streaming)
+        {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the running ferry did not catch up within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Compares every table (or `only` these) of `db` with PostgreSQL.
+pub fn verify_tables(
+    rt: &tokio::runtime::Runtime,
+    target: &PgTarget,
+    db: &std::path::Path,
+    map_opts: &MapOptions,
+    only: Option<&[String]>,
+) -> anyhow::Result<Vec<TableResult>> {
+    let conn = sqlite_read::open_read_only(db)
+        .with_context(|| format!("opening {} read-only", db.display()))?;
+    // One read transaction: every table from the same snapshot.
+    conn.execute_batch("BEGIN")?;
+    let tables: Vec<VerifyTable> = sqlite_read::tables(&conn)?
+        .into_iter()
+        .filter(|t| only.is_none_or(|o| o.contains(&t.name)))
+        .collect();
+    let client = rt
+        .block_on(target.connect())
+        .context("connecting to PostgreSQL")?;
+    let progress = indicatif::ProgressBar::new(tables.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("verify {bar:30} {pos}/{len} tables {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let mut out = Vec::new();
+    for t in &tables {
+        progress.set_message(t.name.clone());
+        let schema: TableSchema = sqlite_read::table_schema(&conn, t)?;
+        let target_name = map_opts.target_table_name(&t.name);
+        let found = rt.block_on(find_table(&client, &map_opts.schema, &target_name))?;
+        let mut problems = Vec::new();
+        let map = found
+            .as_ref()
+            .and_then(|ct| map_onto(&schema, ct, map_opts.keep_case, &mut problems));
+        let comparison = match &map {
+            None => {
+                // The table (or its columns) is not in PostgreSQL: every row is missing.
+                let mut c = Comparison::default();
+                sqlite_read::for_each_row(&conn, t, |k, _| {
+                    c.left_rows += 1;
+                    c.missing += 1;
+                    if c.first_missing.len() < ferry_core::compare::EXAMPLE_KEYS {
+                        c.first_missing.push(k);
+                    }
+                    Ok(())
+                })?;
+                if !problems.is_empty() {
+                    eprintln!("table {:?}: {}", t.name, problems.join("; "));
+                }
+                c
+            }
+            Some(map) => compare_table(rt, &client, &conn, t, map)?,
+        };
+        out.push(TableResult {
+            table: t.name.clone(),
+            target: map.as_ref().map_or_else(
+                || format!("{}.{} (missing)", map_opts.schema, target_name),
+                TableMap::qualified,
+            ),
+            comparison,
+            map,
+        });
+        progress.inc(1);
+    }
+    progress.finish_and_clear();
+    conn.execute_batch("COMMIT")?;
+    Ok(out)
+}
+
+fn compare_table(
+    rt: &tokio::runtime::Runtime,
+    client: &tokio_postgres::Client,
+    conn: &rusqlite::Connection,
+    t: &VerifyTable,
+    map: &TableMap,
+) -> anyhow::Result<Comparison<Vec<Value>>> {
+    // PostgreSQL's pages from a scoped thread into a bounded channel; SQLite's rows read here
+    // (a rusqlite connection cannot be shared between threads).
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<anyhow::Result<ferry_pg::TargetRow>>(PAGE);
+        let pg_map = map.clone();
+        scope.spawn(move || {
+            let mut pg = TargetRowReader::new(pg_map, PAGE);
+            loop {
+                match rt.block_on(pg.next_page(client)) {
+                    Ok(rows) if rows.is_empty() => return,
+                    Ok(rows) => {
+                        for row in rows {
+                            if tx.send(Ok(row)).is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(anyhow::Error::new(e)));
+                        return;
+                    }
+                }
+            }
+        });
+        let mut stmt = conn.prepare(&sqlite_read::select_in_key_order(t))?;
+        let mut rows = stmt.query([])?;
+        let left = std::iter::from_fn(|| match rows.next() {
+            Ok(Some(r)) => Some(
+                sqlite_read::key_and_row(t, r)
+                    .map(|(k, v)| (k.clone(), (k, v)))
+                    .map_err(anyhow::Error::new),
+            ),
+            Ok(None) => None,
+            Err(e) => Some(Err(anyhow::Error::new(e))),
+        });
+        let keyed_by_rowid = map.source.keyed_by_rowid();
+        let result = compare_sorted(
+            left,
+            rx,
+            |a: &Vec<Value>, b: &Vec<Value>| a.cmp(b),
+            |l: &(Vec<Value>, Vec<Value>), r: &Vec<ferry_pg::types::Datum>| {
+                // For rowid-keyed tables the rowid is not in the row image: the key carries it.
+                let rowid = if keyed_by_rowid {
+                    l.0.first().and_then(Value::as_i64)
+                } else {
+                    None
+                };
+                ferry_pg::row_matches(map, &l.1, rowid, r)
+            },
+        );
+        match result {
+            Ok(c) => Ok(c),
+            Err(ferry_core::compare::CompareError::Stream(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("{e} in table {}", t.name)),
+        }
+    })
+}
+
+fn print_report(results: &[TableResult]) {
+    println!(
+        "{:<28} {:<36} {:>10} {:>10} {:>8} {:>8} {:>9}",
+        "table", "PostgreSQL", "sqlite", "postgres", "missing", "extra", "different"
+    );
+    for r in results {
+        let c = &r.comparison;
+        println!(
+            "{:<28} {:<36} {:>10} {:>10} {:>8} {:>8} {:>9}",
+            r.table, r.target, c.left_rows, c.right_rows, c.missing, c.extra, c.different
+        );
+        let describe = |k: &Vec<Value>| match &r.map {
+            Some(m) => m.describe_key(k),
+            None => format!("{k:?}"),
+        };
+        for (what, keys) in [
+            ("missing in PostgreSQL", &c.first_missing),
+            ("only in PostgreSQL", &c.first_extra),
+            ("different", &c.first_different),
+        ] {
+            if !keys.is_empty() {
+                let shown: Vec<String> = keys.iter().map(describe).collect();
+                println!("    {what}: {}", shown.join(", "));
+            }
+        }
+    }
+    let diff = results.iter().filter(|r| !r.comparison.is_equal()).count();
+    if diff == 0 {
+        println!("equal: {} tables", results.len());
+    } else {
+        println!("DIFFERENT: {diff} of {} tables", results.len());
+    }
+}
