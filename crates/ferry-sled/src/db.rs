@@ -182,6 +182,11 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Whether the mover has been asked to stop (long work checks this between steps).
+    pub(crate) fn stopping(&self) -> bool {
+        self.lock_state().stop
+    }
+
     /// Waits until the outbox has room for another entry.
     pub(crate) fn admit(&self) -> Result<(), CaptureError> {
         let limit = self.opts.outbox_limit;

@@ -68,8 +68,12 @@ impl<S: DurableSink> Mover<S> {
     pub fn run(mut self) {
         let result = self.run_until_stopped();
         let mut state = self.shared.lock_state();
-        if let Err(e) = result {
-            state.error = Some(Arc::new(e));
+        match result {
+            // Asked to stop in the middle of long work (a snapshot): not a failure; the next
+            // start takes up the snapshot again.
+            Err(CaptureError::Closed) if state.stop => {}
+            Err(e) => state.error = Some(Arc::new(e)),
+            Ok(()) => {}
         }
         state.stop = true;
         self.shared.progress.notify_all();

@@ -107,7 +107,7 @@ impl<S: DurableSink> Mover<S> {
                     let mut stage = staging.open()?;
                     write_snapshot(&self.shared, &mut self.schemas, &mut stage)?;
                 }
-                let p = copy_staged(staging, &mut self.sink, main_last)?;
+                let p = copy_staged(&self.shared, staging, &mut self.sink, main_last)?;
                 staging.remove()?;
                 p
             }
@@ -123,6 +123,7 @@ impl<S: DurableSink> Mover<S> {
 
 /// Copies the staged snapshot into `sink` after its record `main_last`; returns `P`.
 fn copy_staged(
+    shared: &Shared,
     staging: &SnapshotStaging,
     sink: &mut dyn DurableSink,
     main_last: Lsn,
@@ -170,6 +171,9 @@ fn copy_staged(
     for item in stage.reader(main_last.next())? {
         batch.push(item?.1);
         if batch.len() >= COPY_BATCH {
+            if shared.stopping() {
+                return Err(CaptureError::Closed);
+            }
             sink.append(&batch)?;
             batch.clear();
         }
@@ -269,6 +273,9 @@ fn write_snapshot(
         let mut lower: Option<IVec> = None;
         let mut count = 0u64;
         loop {
+            if shared.stopping() {
+                return Err(CaptureError::Closed);
+            }
             let mut rows = Vec::new();
             let mut bytes = 0usize;
             let mut complete = true;

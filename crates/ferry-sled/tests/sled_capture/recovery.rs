@@ -506,3 +506,44 @@ fn a_crash_while_copying_the_staged_snapshot_resumes_the_copy() {
         );
     }
 }
+
+/// Closing the application in the middle of a long initial snapshot does not wait for the
+/// snapshot; the next start takes it up, and the log gets exactly one complete snapshot.
+#[test]
+fn dropping_the_capture_interrupts_the_snapshot_and_the_next_start_completes_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, state) = (dir.path().join("app"), dir.path().join("state"));
+    {
+        let db = sled::open(&path).expect("sled");
+        let t = db.open_tree("big").expect("tree");
+        for i in 0..5000u32 {
+            t.insert(i.to_be_bytes(), vec![9u8; 16]).expect("insert");
+        }
+        db.flush().expect("flush");
+    }
+    // One row per chunk: thousands of durable appends, far longer than the drop below.
+    let opts = CaptureOptions {
+        snapshot_chunk_rows: 1,
+        ..CaptureOptions::default()
+    };
+    let db = CapturedDb::open(&path, &state, opts.clone()).expect("open");
+    drop(db);
+    let records = read_log(&state, "app");
+    assert!(
+        !records.iter().any(|r| matches!(r, Record::SnapshotEnd(_))),
+        "the drop waited for the whole snapshot ({} records)",
+        records.len()
+    );
+
+    let db = CapturedDb::open(&path, &state, CaptureOptions::default()).expect("reopen");
+    let sled_db = db.sled().clone();
+    db.close(Duration::from_secs(120)).expect("close");
+    let records = check_log_equals_sled(&state, &sled_db);
+    assert_eq!(
+        records
+            .iter()
+            .filter(|r| matches!(r, Record::SnapshotBegin(_)))
+            .count(),
+        1
+    );
+}
