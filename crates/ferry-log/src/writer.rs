@@ -44,6 +44,12 @@ use std::time::{Duration, Instant};
 /// Appenders wait while this many framed bytes are waiting for the running sync.
 pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 
+/// How many batches in a row one appender leads before handing leadership off.
+const LEADER_MAX_ROUNDS: u32 = 8;
+
+/// A batch buffer larger than this is freed after its sync instead of being reused.
+const SPARE_BUFFER_KEEP_BYTES: usize = 8 * 1024 * 1024;
+
 type SyncObserver = Box<dyn Fn(Duration) + Send + Sync>;
 
 /// The log's single writer. `Send + Sync`: share it with `Arc` between appenders, readers
@@ -293,7 +299,18 @@ impl Log {
                 return Ok(Lsn(first)..=Lsn(last));
             }
             if !st.leader_active {
-                st = self.lead(st, false)?;
+                // Lead; then keep leading while batches are waiting, for a few rounds, so the
+                // next sync does not wait for another thread to be scheduled. The bound keeps
+                // this caller's own latency bounded; after it, leadership is handed off.
+                let mut rounds = 1;
+                loop {
+                    let last_round = rounds == LEADER_MAX_ROUNDS;
+                    st = self.lead(st, false, last_round)?;
+                    if last_round || st.pending_starts.is_empty() || st.leader_active {
+                        break;
+                    }
+                    rounds += 1;
+                }
                 continue;
             }
             st = sh.batch_done[my_batch]
@@ -308,6 +325,7 @@ impl Log {
         &'a self,
         mut st: MutexGuard<'a, WriterState>,
         seal: bool,
+        hand_off: bool,
     ) -> Result<MutexGuard<'a, WriterState>, LogError> {
         let sh = &*self.shared;
         st.leader_active = true;
@@ -364,8 +382,11 @@ impl Log {
         st.leader_active = false;
         batch.clear();
         starts.clear();
-        st.spare = batch;
-        st.spare_starts = starts;
+        // Keep the buffers for the next batch, unless a burst made them large.
+        if batch.capacity() <= SPARE_BUFFER_KEEP_BYTES {
+            st.spare = batch;
+            st.spare_starts = starts;
+        }
         match result {
             Ok(()) => {
                 st.current = current;
@@ -375,7 +396,7 @@ impl Log {
                 }
                 sh.batch_done[taken_batch].notify_all();
                 sh.advanced.notify_all();
-                if !st.pending_starts.is_empty() {
+                if hand_off && !st.pending_starts.is_empty() {
                     // Hand leadership to one appender of the next batch.
                     sh.batch_done[(st.batch_id % 2) as usize].notify_one();
                 }
@@ -535,7 +556,7 @@ impl Log {
             }
             st = sh.advanced.wait(st).unwrap_or_else(|p| p.into_inner());
         }
-        self.lead(st, true).map(drop)
+        self.lead(st, true, true).map(drop)
     }
 
     /// Records that consumer `name` has applied everything up to `applied` (durably, before
