@@ -28,7 +28,8 @@ pub fn ferry_bin() -> PathBuf {
 
 pub fn ferry() -> Command {
     let mut c = Command::new(ferry_bin());
-    c.env("FERRY_LOG", "info").stdin(Stdio::null());
+    c.env("FERRY_LOG", "info,tokio_postgres=warn")
+        .stdin(Stdio::null());
     c
 }
 

@@ -20,6 +20,9 @@ pub struct Comparison<K> {
     pub first_missing: Vec<K>,
     pub first_extra: Vec<K>,
     pub first_different: Vec<K>,
+    /// Every differing key (missing, extra or different) in key order, up to the cap given
+    /// to [`compare_sorted_keeping`] (empty for [`compare_sorted`]).
+    pub differing_keys: Vec<K>,
 }
 
 impl<K> Default for Comparison<K> {
@@ -33,6 +36,7 @@ impl<K> Default for Comparison<K> {
             first_missing: Vec::new(),
             first_extra: Vec::new(),
             first_different: Vec::new(),
+            differing_keys: Vec::new(),
         }
     }
 }
@@ -57,13 +61,33 @@ pub enum CompareError<E> {
 pub fn compare_sorted<K, L, R, E>(
     left: impl IntoIterator<Item = Result<(K, L), E>>,
     right: impl IntoIterator<Item = Result<(K, R), E>>,
+    ord: impl FnMut(&K, &K) -> Ordering,
+    same: impl FnMut(&L, &R) -> bool,
+) -> Result<Comparison<K>, CompareError<E>>
+where
+    K: Clone,
+{
+    compare_sorted_keeping(left, right, ord, same, 0)
+}
+
+/// [`compare_sorted`], also keeping up to `keep` differing keys in
+/// [`Comparison::differing_keys`] (memory stays bounded by the cap, not the table).
+pub fn compare_sorted_keeping<K, L, R, E>(
+    left: impl IntoIterator<Item = Result<(K, L), E>>,
+    right: impl IntoIterator<Item = Result<(K, R), E>>,
     mut ord: impl FnMut(&K, &K) -> Ordering,
     mut same: impl FnMut(&L, &R) -> bool,
+    keep: usize,
 ) -> Result<Comparison<K>, CompareError<E>>
 where
     K: Clone,
 {
     let mut out = Comparison::default();
+    let keep_key = |v: &mut Vec<K>, k: &K| {
+        if v.len() < keep {
+            v.push(k.clone());
+        }
+    };
     let mut left = left.into_iter();
     let mut right = right.into_iter();
     let mut next_l = || left.next().transpose().map_err(CompareError::Stream);
@@ -88,6 +112,7 @@ where
                 out.left_rows += 1;
                 out.missing += 1;
                 push(&mut out.first_missing, &lk);
+                keep_key(&mut out.differing_keys, &lk);
                 last_l = Some(lk);
                 l = next_l()?;
             }
@@ -95,6 +120,7 @@ where
                 out.right_rows += 1;
                 out.extra += 1;
                 push(&mut out.first_extra, &rk);
+                keep_key(&mut out.differing_keys, &rk);
                 last_r = Some(rk);
                 r = right.next().transpose().map_err(CompareError::Stream)?;
             }
@@ -103,6 +129,7 @@ where
                     out.left_rows += 1;
                     out.missing += 1;
                     push(&mut out.first_missing, &lk);
+                    keep_key(&mut out.differing_keys, &lk);
                     last_l = Some(lk);
                     l = next_l()?;
                     r = Some((rk, rv));
@@ -111,6 +138,7 @@ where
                     out.right_rows += 1;
                     out.extra += 1;
                     push(&mut out.first_extra, &rk);
+                    keep_key(&mut out.differing_keys, &rk);
                     last_r = Some(rk);
                     r = right.next().transpose().map_err(CompareError::Stream)?;
                     l = Some((lk, lv));
@@ -121,6 +149,7 @@ where
                     if !same(&lv, &rv) {
                         out.different += 1;
                         push(&mut out.first_different, &lk);
+                        keep_key(&mut out.differing_keys, &lk);
                     }
                     last_l = Some(lk);
                     last_r = Some(rk);
@@ -158,6 +187,12 @@ mod tests {
         assert_eq!(c.first_extra, vec![3]);
         assert_eq!(c.first_different, vec![4]);
         assert!(!c.is_equal());
+        assert!(c.differing_keys.is_empty());
+        let l = ok(vec![(1, "a"), (2, "b"), (4, "d"), (5, "e")]);
+        let r = ok(vec![(2, "b"), (3, "c"), (4, "X"), (5, "e")]);
+        let c =
+            compare_sorted_keeping(l, r, |a: &i32, b: &i32| a.cmp(b), |a, b| a == b, 2).unwrap();
+        assert_eq!(c.differing_keys, vec![1, 3], "capped at 2, in key order");
     }
 
     #[test]

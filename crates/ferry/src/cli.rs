@@ -24,7 +24,12 @@ pub struct GlobalArgs {
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human, env = "FERRY_LOG_FORMAT")]
     pub log_format: LogFormat,
     /// Log filter (tracing env-filter syntax), e.g. `info` or `ferry=debug`.
-    #[arg(long, global = true, default_value = "info", env = "FERRY_LOG")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "info,tokio_postgres=warn",
+        env = "FERRY_LOG"
+    )]
     pub log: String,
 }
 

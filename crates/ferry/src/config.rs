@@ -70,8 +70,11 @@ pub struct SourceConfig {
     pub exclude: Vec<String>,
 }
 
+/// The `[archive]` section (backups and point-in-time restore, issue #7): accepted and
+/// validated now so configurations can carry it; `ferry run` does not archive yet.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[allow(dead_code)]
 pub struct ArchiveConfig {
     pub dir: PathBuf,
     /// e.g. "6h"
@@ -172,15 +175,6 @@ impl Config {
             None => ferry_core::state_dir::source_id_from_path(&s.path).0,
         }
     }
-}
-
-/// Reads a password file: the first line, without its line ending.
-pub fn read_password_file(path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.into(),
-        source,
-    })?;
-    Ok(text.lines().next().unwrap_or("").to_string())
 }
 
 #[cfg(test)]

@@ -39,8 +39,6 @@ pub enum FenceError {
 /// A held write lock. Dropping it releases the lock (ROLLBACK of an empty transaction).
 pub struct Fence {
     conn: Option<Connection>,
-    path: PathBuf,
-    acquired_at: Instant,
 }
 
 impl Fence {
@@ -62,11 +60,7 @@ impl Fence {
         loop {
             match conn.execute_batch("BEGIN IMMEDIATE") {
                 Ok(()) => {
-                    return Ok(Fence {
-                        conn: Some(conn),
-                        path: db.into(),
-                        acquired_at: Instant::now(),
-                    });
+                    return Ok(Fence { conn: Some(conn) });
                 }
                 Err(e) if is_busy(&e) => {
                     if start.elapsed() >= timeout {
@@ -87,15 +81,8 @@ impl Fence {
         }
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    pub fn held_for(&self) -> Duration {
-        self.acquired_at.elapsed()
-    }
-
-    /// Releases the lock; the application's waiting writers proceed.
+    /// Releases the lock; the application's waiting writers proceed (also on drop).
+    #[cfg(test)]
     pub fn release(mut self) {
         self.release_inner();
     }

@@ -5,25 +5,21 @@
 //! Exit codes: 0 success; 1 only where a command defines it (`verify`: "different"); 2 for
 //! every error, including a subcommand that is not built yet.
 
-#[allow(dead_code)] // wired into `ferry run` (issue 5)
 mod admin;
 mod cli;
 mod cmd;
-#[allow(dead_code)] // wired into `ferry run` (issue 5)
 mod config;
-#[allow(dead_code)] // wired into `ferry run` and `ferry cutover` (issue 5)
 mod control;
-#[allow(dead_code)] // taken by the cutover (issue 5)
+mod cutover;
 mod fence;
 mod logview;
+mod pipeline;
 // Wired into `ferry run` (issue 5); until then only its test uses it.
 #[allow(dead_code)]
 mod metrics;
-#[allow(dead_code)] // used by `ferry run`, `status` and `demo`
 mod runfile;
 mod signals;
 mod sqlite_read;
-#[allow(dead_code)] // wired into `ferry run` (issue 5)
 mod status;
 
 use clap::Parser;

@@ -1,8 +1,10 @@
 //! One module per subcommand; `dispatch` routes to them.
 
-#[allow(dead_code)] // dispatched once `ferry run` works (issue 5)
+pub mod capture;
+pub mod cutover;
 pub mod demo;
 pub mod log;
+pub mod run;
 pub mod sample_app;
 pub mod ship;
 pub mod snapshot;
@@ -32,14 +34,14 @@ fn not_built(command: &str, issue: u32) -> anyhow::Result<ExitCode> {
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Run(_) => not_built("run", 5),
-        Command::Capture(_) => not_built("capture", 3),
+        Command::Run(a) => run::run(a),
+        Command::Capture(a) => capture::run(a),
         Command::Ship(a) => ship::run(a),
         Command::Snapshot(a) => snapshot::run(a),
         Command::Status(a) => status::run(a),
         Command::Verify(a) => verify::run(a),
-        Command::Cutover(_) => not_built("cutover", 5),
-        Command::Demo(_) => not_built("demo", 5),
+        Command::Cutover(a) => cutover::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::Log(crate::cli::LogCommand::Inspect(a)) => log::inspect(a),
         Command::Log(crate::cli::LogCommand::Verify(a)) => log::verify(a),
         Command::Backup(_) => not_built("backup", 7),

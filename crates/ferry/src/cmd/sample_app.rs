@@ -168,7 +168,7 @@ fn one_transaction(conn: &mut Connection, rng: &mut Rng, n: u64) -> Result<i64, 
         tx.execute(
             "INSERT INTO users (email, name) VALUES (?1, ?2)",
             params![
-                format!("new{n}-{}@example.com", rng.next() % 100_000),
+                format!("new{}-{}@example.com", users + 1, rng.next() % 1_000_000),
                 format!("New user {n}")
             ],
         )?;

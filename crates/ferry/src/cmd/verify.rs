@@ -6,31 +6,88 @@
 //! values the way the shipper does gives PostgreSQL's values (ferry-pg's `row_matches`), so a
 //! faithful conversion is never reported as a difference and a real one never hidden.
 //!
-//! Against a live source replicated by `ferry run` (`--state-dir`), SQLite moves on while we
-//! read, so a difference can be a change still in flight: verify first waits until the run
-//! reports no lag, and re-compares the tables that differed (up to three times, waiting for
-//! the lag to drain before each). Differences that persist are real.
+//! Against a live source replicated by `ferry run` (`--state-dir`), the two sides are read
+//! at different moments, so a change in flight looks like a difference. The log says which
+//! keys changed: verify notes the log's durable LSN before reading (and waits until
+//! PostgreSQL has applied it), reads, lets capture and the shipper catch up, and sets aside
+//! the differences whose keys were changed by a record in between. A key no record touched
+//! held one value in SQLite for the whole read and PostgreSQL had applied it, so its
+//! comparison is exact. (The cutover re-verifies the tables that changed under its fence,
+//! where nothing moves.)
 //!
 //! Exit codes: 0 equal, 1 different, 2 error.
 
 use crate::cli::VerifyArgs;
 use crate::sqlite_read::{self, VerifyTable};
 use anyhow::Context;
-use ferry_core::compare::{Comparison, compare_sorted};
-use ferry_core::{TableSchema, Value};
+use ferry_core::compare::{Comparison, compare_sorted_keeping};
+use ferry_core::{Lsn, TableSchema, Value};
 use ferry_pg::mapping::{MapOptions, TableMap};
 use ferry_pg::{PgTarget, TargetRowReader, find_table, map_onto};
+use std::collections::{HashMap, HashSet};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 const PAGE: usize = 5_000;
-const LIVE_ATTEMPTS: usize = 3;
+/// Differing keys kept per table; beyond this a table simply counts as different.
+pub const MAX_DIFF_KEYS: usize = 100_000;
+
+pub type ChangedKeys = HashMap<String, HashSet<Vec<Value>>>;
 
 pub struct TableResult {
     pub table: String,
     pub target: String,
     pub comparison: Comparison<Vec<Value>>,
     pub map: Option<TableMap>,
+    /// Every differing key (missing, extra or different), up to [`MAX_DIFF_KEYS`].
+    pub differing: Vec<Vec<Value>>,
+    /// Differences whose keys changed in the log while verify read (live mode).
+    pub in_flight: u64,
+}
+
+impl TableResult {
+    /// Equal, once the differences in flight are set aside.
+    pub fn is_equal(&self) -> bool {
+        let c = &self.comparison;
+        c.missing + c.extra + c.different == self.in_flight
+    }
+}
+
+/// Keys of every row change in the log records read from `reader` up to `to`, per table.
+pub fn keys_changed(
+    reader: impl Iterator<Item = Result<(Lsn, Vec<u8>), ferry_log::LogError>>,
+    to: Lsn,
+) -> anyhow::Result<ChangedKeys> {
+    let mut out = ChangedKeys::new();
+    for item in reader {
+        let (lsn, payload) = item?;
+        if lsn > to {
+            break;
+        }
+        if let ferry_core::Record::Transaction(t) = ferry_core::Record::decode(&payload)? {
+            for c in t.changes {
+                out.entry(c.table).or_default().insert(c.key);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Sets aside the differences whose keys are in `changed`.
+pub fn set_aside_in_flight(results: &mut [TableResult], changed: &ChangedKeys) {
+    for r in results {
+        let total = r.comparison.missing + r.comparison.extra + r.comparison.different;
+        if total as usize > r.differing.len() {
+            // Too many differences to have kept every key: no claim about flight.
+            continue;
+        }
+        let keys = changed.get(&r.table);
+        r.in_flight = r
+            .differing
+            .iter()
+            .filter(|k| keys.is_some_and(|set| set.contains(*k)))
+            .count() as u64;
+    }
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -45,35 +102,30 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         keep_case: false,
         type_overrides: Default::default(),
     };
-    let live = args
-        .state_dir
-        .as_ref()
-        .and_then(|d| crate::runfile::RunFile::read_live(&d.join("run.json")));
-    if let Some(rf) = &live {
-        wait_for_no_lag(&rf.admin_addr, Duration::from_secs(120))?;
-    }
-    let mut results = verify_tables(&rt, &target, &args.source, &map_opts, None)?;
-    if let Some(rf) = &live {
-        for _ in 1..LIVE_ATTEMPTS {
-            let differing: Vec<String> = results
-                .iter()
-                .filter(|r| !r.comparison.is_equal())
-                .map(|r| r.table.clone())
-                .collect();
-            if differing.is_empty() {
-                break;
-            }
-            wait_for_no_lag(&rf.admin_addr, Duration::from_secs(120))?;
-            let again = verify_tables(&rt, &target, &args.source, &map_opts, Some(&differing))?;
-            for a in again {
-                if let Some(r) = results.iter_mut().find(|r| r.table == a.table) {
-                    *r = a;
-                }
-            }
+    let live = args.state_dir.as_ref().and_then(|d| {
+        crate::runfile::RunFile::read_live(&d.join("run.json")).map(|rf| (d.clone(), rf))
+    });
+    let mut results = match live {
+        None => verify_tables(&rt, &target, &args.source, &map_opts, None)?,
+        Some((dir, rf)) => {
+            let log_dir = crate::cmd::log::log_dir(dir, None)?;
+            let log = ferry_log::open_read_only(&log_dir)
+                .with_context(|| format!("opening the log in {}", log_dir.display()))?;
+            let l0 = log.durable_lsn()?;
+            wait_for_shipped(&rf.admin_addr, l0, Duration::from_secs(120))?;
+            let mut results = verify_tables(&rt, &target, &args.source, &map_opts, None)?;
+            // Let capture see what was committed while we read, and PostgreSQL apply it.
+            std::thread::sleep(Duration::from_millis(500));
+            let l1 = log.durable_lsn()?;
+            wait_for_shipped(&rf.admin_addr, l1, Duration::from_secs(120))?;
+            let changed = keys_changed(log.reader(l0.next())?, l1)?;
+            set_aside_in_flight(&mut results, &changed);
+            results
         }
-    }
+    };
+    results.sort_by(|a, b| a.table.cmp(&b.table));
     print_report(&results);
-    let equal = results.iter().all(|r| r.comparison.is_equal());
+    let equal = results.iter().all(TableResult::is_equal);
     Ok(if equal {
         ExitCode::SUCCESS
     } else {
@@ -81,11 +133,11 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-fn wait_for_no_lag(admin: &str, timeout: Duration) -> anyhow::Result<()> {
+fn wait_for_shipped(admin: &str, lsn: Lsn, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let (code, _, body) = crate::admin::http_get(admin, "/status", None)
-            .context("asking the running ferry for its lag")?;
+            .context("asking the running ferry for its position")?;
         anyhow::ensure!(
             code == 200,
             "the running ferry answered /status with HTTP {code}"
@@ -94,17 +146,14 @@ fn wait_for_no_lag(admin: &str, timeout: Duration) -> anyhow::Result<()> {
         if let Some(e) = r.sources.iter().find_map(|s| s.last_error.clone()) {
             anyhow::bail!("the running ferry reports an error: {e}");
         }
-        if r.sources
-            .iter()
-            .all(|s| s.lag_records == 0 && s.state == crate::status::SourceState::Streaming)
-        {
+        if r.sources.iter().all(|s| s.shipped_lsn >= lsn.0) {
             return Ok(());
         }
         anyhow::ensure!(
             Instant::now() < deadline,
-            "the running ferry did not catch up within {timeout:?}"
+            "PostgreSQL did not reach LSN {lsn} within {timeout:?}"
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -141,6 +190,7 @@ pub fn verify_tables(
         let map = found
             .as_ref()
             .and_then(|ct| map_onto(&schema, ct, map_opts.keep_case, &mut problems));
+        let mut differing = Vec::new();
         let comparison = match &map {
             None => {
                 // The table (or its columns) is not in PostgreSQL: every row is missing.
@@ -148,6 +198,9 @@ pub fn verify_tables(
                 sqlite_read::for_each_row(&conn, t, |k, _| {
                     c.left_rows += 1;
                     c.missing += 1;
+                    if differing.len() < MAX_DIFF_KEYS {
+                        differing.push(k.clone());
+                    }
                     if c.first_missing.len() < ferry_core::compare::EXAMPLE_KEYS {
                         c.first_missing.push(k);
                     }
@@ -158,7 +211,7 @@ pub fn verify_tables(
                 }
                 c
             }
-            Some(map) => compare_table(rt, &client, &conn, t, map)?,
+            Some(map) => compare_table(rt, &client, &conn, t, map, &mut differing)?,
         };
         out.push(TableResult {
             table: t.name.clone(),
@@ -168,6 +221,8 @@ pub fn verify_tables(
             ),
             comparison,
             map,
+            differing,
+            in_flight: 0,
         });
         progress.inc(1);
     }
@@ -182,6 +237,7 @@ fn compare_table(
     conn: &rusqlite::Connection,
     t: &VerifyTable,
     map: &TableMap,
+    differing: &mut Vec<Vec<Value>>,
 ) -> anyhow::Result<Comparison<Vec<Value>>> {
     // PostgreSQL's pages from a scoped thread into a bounded channel; SQLite's rows read here
     // (a rusqlite connection cannot be shared between threads).
@@ -219,7 +275,7 @@ fn compare_table(
             Err(e) => Some(Err(anyhow::Error::new(e))),
         });
         let keyed_by_rowid = map.source.keyed_by_rowid();
-        let result = compare_sorted(
+        let result = compare_sorted_keeping(
             left,
             rx,
             |a: &Vec<Value>, b: &Vec<Value>| a.cmp(b),
@@ -232,9 +288,13 @@ fn compare_table(
                 };
                 ferry_pg::row_matches(map, &l.1, rowid, r)
             },
+            MAX_DIFF_KEYS,
         );
         match result {
-            Ok(c) => Ok(c),
+            Ok(mut c) => {
+                differing.append(&mut c.differing_keys);
+                Ok(c)
+            }
             Err(ferry_core::compare::CompareError::Stream(e)) => Err(e),
             Err(e) => Err(anyhow::anyhow!("{e} in table {}", t.name)),
         }
@@ -243,15 +303,25 @@ fn compare_table(
 
 fn print_report(results: &[TableResult]) {
     println!(
-        "{:<28} {:<36} {:>10} {:>10} {:>8} {:>8} {:>9}",
-        "table", "PostgreSQL", "sqlite", "postgres", "missing", "extra", "different"
+        "{:<28} {:<36} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9}",
+        "table", "PostgreSQL", "sqlite", "postgres", "missing", "extra", "different", "in flight"
     );
     for r in results {
         let c = &r.comparison;
         println!(
-            "{:<28} {:<36} {:>10} {:>10} {:>8} {:>8} {:>9}",
-            r.table, r.target, c.left_rows, c.right_rows, c.missing, c.extra, c.different
+            "{:<28} {:<36} {:>10} {:>10} {:>8} {:>8} {:>9} {:>9}",
+            r.table,
+            r.target,
+            c.left_rows,
+            c.right_rows,
+            c.missing,
+            c.extra,
+            c.different,
+            r.in_flight
         );
+        if r.is_equal() {
+            continue;
+        }
         let describe = |k: &Vec<Value>| match &r.map {
             Some(m) => m.describe_key(k),
             None => format!("{k:?}"),
@@ -267,10 +337,16 @@ fn print_report(results: &[TableResult]) {
             }
         }
     }
-    let diff = results.iter().filter(|r| !r.comparison.is_equal()).count();
-    if diff == 0 {
-        println!("equal: {} tables", results.len());
+    let diff = results.iter().filter(|r| !r.is_equal()).count();
+    let flight: u64 = results.iter().map(|r| r.in_flight).sum();
+    let note = if flight > 0 {
+        format!(" ({flight} keys changed while verifying were set aside)")
     } else {
-        println!("DIFFERENT: {diff} of {} tables", results.len());
+        String::new()
+    };
+    if diff == 0 {
+        println!("equal: {} tables{note}", results.len());
+    } else {
+        println!("DIFFERENT: {diff} of {} tables{note}", results.len());
     }
 }

@@ -1,0 +1,624 @@
+//! `ferry run`: capture and shipping in one process, for one or many sources.
+//!
+//! Per source: a capture thread (blocking SQLite and file I/O) appends to the source's log;
+//! a shipper task applies the log to PostgreSQL exactly once; a monitor copies both stages'
+//! counters into `/status` and the metrics. Around them: the read-only admin endpoint, the
+//! private control socket (cutover), `run.json`, and a clean shutdown on SIGTERM/SIGINT
+//! (capture finishes the batch in hand, the shipper its transaction; exit 0).
+//!
+//! Errors do not end the process: a stage that fails reports the error (`/status`,
+//! `ferry_source_up 0`, a log line) and retries with backoff, while the log keeps every
+//! change. Only what makes running impossible (state directory locked, bad configuration)
+//! exits with status 2.
+
+use crate::cli::{RunArgs, TargetModeArg};
+use crate::config::{Config, DEFAULT_ADMIN_ADDR, SourceConfig};
+use crate::logview::{LogHandle, LogRecordSource, SHIPPER_CONSUMER};
+use crate::metrics::{Metrics, OpLabel, SourceLabel, SourceOp};
+use crate::pipeline::{LogSink, check_source_meta, open_log};
+use crate::status::{RunStatus, SourceState, SourceStatus};
+use anyhow::Context;
+use ferry_core::state_dir::StateDir;
+use ferry_core::{Lsn, SourceId};
+use ferry_pg::{PgTarget, ShipOptions, Shipper, TargetMode};
+use ferry_sqlite::{CaptureOptions, CaptureStats, SqliteCapture};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What one source needs at run time.
+pub struct SourceRuntime {
+    pub id: String,
+    pub path: PathBuf,
+    pub log: Arc<ferry_log::Log>,
+    pub capture_stats: Arc<Mutex<CaptureStats>>,
+    /// Cutover asks the capture thread to read everything committed now and answer with the
+    /// durable LSN.
+    pub drain_tx: std::sync::mpsc::Sender<std::sync::mpsc::Sender<Result<Lsn, String>>>,
+    pub ship_status: Arc<Mutex<Option<Arc<Mutex<ferry_pg::ShipStatus>>>>>,
+    pub ship_options: ShipOptions,
+    pub cutover_at_lsn: Mutex<Option<(Lsn, u64)>>,
+}
+
+pub struct RunContext {
+    pub target: PgTarget,
+    pub sources: Vec<Arc<SourceRuntime>>,
+    pub status: Arc<RunStatus>,
+    pub metrics: Arc<Metrics>,
+    /// Fences taken by a completed cutover: held until the process ends.
+    pub held_fences: Mutex<Vec<crate::fence::Fence>>,
+}
+
+fn merge_config(args: &RunArgs) -> anyhow::Result<Config> {
+    let mut cfg = match &args.config {
+        Some(p) => Config::load(p)?,
+        None => Config {
+            state_dir: None,
+            admin_addr: None,
+            target: Default::default(),
+            sources: vec![],
+            archive: None,
+        },
+    };
+    if let Some(s) = &args.source {
+        cfg.sources = vec![SourceConfig {
+            name: None,
+            path: s.clone(),
+            kind: "sqlite".into(),
+            schema: args.target.schema.clone(),
+            table_prefix: args.target.table_prefix.clone(),
+            mode: match args.target.mode {
+                TargetModeArg::Create => "create".into(),
+                TargetModeArg::Existing => "existing".into(),
+            },
+            include: vec![],
+            exclude: vec![],
+        }];
+    }
+    if let Some(d) = &args.state_dir {
+        cfg.state_dir = Some(d.clone());
+    }
+    if let Some(a) = &args.admin_addr {
+        cfg.admin_addr = Some(a.clone());
+    }
+    if let Some(t) = &args.target.target {
+        cfg.target.url = Some(t.clone());
+    }
+    anyhow::ensure!(
+        !cfg.sources.is_empty(),
+        "no source: pass --source <db> or --config with [[source]] entries"
+    );
+    anyhow::ensure!(
+        cfg.state_dir.is_some(),
+        "no state directory: pass --state-dir or set state_dir in the config"
+    );
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+fn target_of(cfg: &Config) -> anyhow::Result<PgTarget> {
+    let mut url = cfg.target.url.clone().unwrap_or_default();
+    if let Some(pf) = &cfg.target.password_file {
+        let pf = pf.to_string_lossy();
+        if url.contains("://") {
+            url.push(if url.contains('?') { '&' } else { '?' });
+            url.push_str(&format!("password_file={pf}"));
+        } else {
+            url.push_str(&format!(" password_file={pf}"));
+        }
+    }
+    PgTarget::parse(&url).context("the PostgreSQL target")
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let cfg = merge_config(&args)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(run_async(cfg))
+}
+
+async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
+    let dir = StateDir::new(cfg.state_dir.clone().unwrap_or_default());
+    std::fs::create_dir_all(dir.root())
+        .with_context(|| format!("creating {}", dir.root().display()))?;
+    let lock = std::fs::File::create(dir.run_lock())?;
+    lock.try_lock().map_err(|_| {
+        anyhow::anyhow!(
+            "another ferry is running with state directory {}: stop it first",
+            dir.root().display()
+        )
+    })?;
+    let target = target_of(&cfg)?;
+    let metrics = Arc::new(Metrics::new());
+    let status = Arc::new(RunStatus::new());
+    let stop = Arc::new(AtomicBool::new(false));
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+
+    let mut sources = Vec::new();
+    let mut capture_threads = Vec::new();
+    let mut ship_tasks = Vec::new();
+    for (i, sc) in cfg.sources.iter().enumerate() {
+        anyhow::ensure!(
+            sc.kind == "sqlite",
+            "source[{i}]: kind {:?} is captured by the ferry-sled library inside the application; `ferry run` ships sled sources with `ferry ship`",
+            sc.kind
+        );
+        let id = SourceId(cfg.source_name(i));
+        check_source_meta(&dir, &id, &sc.kind, &sc.path)?;
+        let log = open_log(&dir, &id)?;
+        status.insert(SourceStatus::new(
+            id.as_str(),
+            &sc.kind,
+            &sc.path.to_string_lossy(),
+        ));
+        status.update(id.as_str(), |s| s.log_id = Some(log.log_id().to_string()));
+        metrics.register_source(id.as_str(), cfg.archive.is_some());
+        let (drain_tx, drain_rx) = std::sync::mpsc::channel();
+        let ship_options = ShipOptions {
+            schema: sc.schema.clone(),
+            table_prefix: sc.table_prefix.clone(),
+            mode: if sc.mode == "existing" {
+                TargetMode::Existing
+            } else {
+                TargetMode::Create
+            },
+            include: sc.include.clone(),
+            exclude: sc.exclude.clone(),
+            source_id: id.0.clone(),
+            ..ShipOptions::default()
+        };
+        let src = Arc::new(SourceRuntime {
+            id: id.0.clone(),
+            path: sc.path.clone(),
+            log: log.clone(),
+            capture_stats: Default::default(),
+            drain_tx,
+            ship_status: Default::default(),
+            ship_options,
+            cutover_at_lsn: Mutex::new(None),
+        });
+        capture_threads.push(spawn_capture(
+            &dir,
+            src.clone(),
+            status.clone(),
+            metrics.clone(),
+            stop.clone(),
+            drain_rx,
+        ));
+        ship_tasks.push(tokio::spawn(ship_loop(
+            target.clone(),
+            src.clone(),
+            status.clone(),
+            metrics.clone(),
+            stop_rx.clone(),
+        )));
+        sources.push(src);
+    }
+    let ctx = Arc::new(RunContext {
+        target,
+        sources,
+        status: status.clone(),
+        metrics: metrics.clone(),
+        held_fences: Mutex::new(Vec::new()),
+    });
+    let monitor = tokio::spawn(monitor_loop(ctx.clone()));
+    let admin_addr = cfg
+        .admin_addr
+        .clone()
+        .unwrap_or_else(|| DEFAULT_ADMIN_ADDR.into());
+    let bound = crate::admin::serve(
+        &admin_addr,
+        crate::admin::AdminState {
+            status: status.clone(),
+            metrics: metrics.clone(),
+        },
+    )
+    .await?;
+    let listener = crate::control::bind(&dir.control_socket())?;
+    let control = tokio::spawn(crate::cutover::serve_control(listener, ctx.clone()));
+    let rf = crate::runfile::RunFile {
+        pid: std::process::id(),
+        admin_addr: bound.to_string(),
+        control_socket: dir.control_socket().to_string_lossy().into_owned(),
+        started_at: status.report().started_at,
+        version: env!("CARGO_PKG_VERSION").into(),
+        sources: ctx.sources.iter().map(|s| s.id.clone()).collect(),
+    };
+    rf.write(&dir.run_json())?;
+    tracing::info!(admin = %bound, state_dir = %dir.root().display(), sources = ?rf.sources, "ferry run started");
+
+    crate::signals::wait_for_shutdown().await;
+    tracing::info!("stopping: finishing the batches in hand");
+    stop.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    for t in ship_tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(30), t).await;
+    }
+    for t in capture_threads {
+        let _ = tokio::task::spawn_blocking(move || t.join()).await;
+    }
+    monitor.abort();
+    control.abort();
+    // Remove run.json and the socket only while they are still ours: a process that stops
+    // slowly must not delete the files of its successor.
+    let ours = std::fs::read(dir.run_json())
+        .ok()
+        .and_then(|b| serde_json::from_slice::<crate::runfile::RunFile>(&b).ok())
+        .is_some_and(|r| r.pid == std::process::id());
+    if ours {
+        let _ = std::fs::remove_file(dir.run_json());
+        let _ = std::fs::remove_file(dir.control_socket());
+    }
+    for s in &ctx.sources {
+        let _ = s.log.seal();
+    }
+    drop(lock);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_capture(
+    dir: &StateDir,
+    src: Arc<SourceRuntime>,
+    status: Arc<RunStatus>,
+    metrics: Arc<Metrics>,
+    stop: Arc<AtomicBool>,
+    drain_rx: std::sync::mpsc::Receiver<std::sync::mpsc::Sender<Result<Lsn, String>>>,
+) -> std::thread::JoinHandle<()> {
+    let work_dir = dir.capture_dir(&SourceId(src.id.clone()));
+    std::thread::Builder::new()
+        .name(format!("capture-{}", src.id))
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(500);
+            while !stop.load(Ordering::SeqCst) {
+                let opts = CaptureOptions {
+                    source_id: src.id.clone(),
+                    poll_interval: Duration::from_millis(50),
+                    ..CaptureOptions::default()
+                };
+                let result = SqliteCapture::open(
+                    &src.path,
+                    &work_dir,
+                    Arc::new(LogSink(src.log.clone())),
+                    opts,
+                )
+                .and_then(|mut cap| capture_loop(&mut cap, &src, &status, &stop, &drain_rx));
+                match result {
+                    Ok(()) => return,
+                    Err(e) => {
+                        let msg = format!("capture of {}: {e}", src.path.display());
+                        tracing::error!(source = %src.id, error = %msg, "capture failed; retrying");
+                        status.update(&src.id, |s| {
+                            s.state = SourceState::Error;
+                            s.last_error = Some(msg.clone());
+                        });
+                        let kind = if msg.contains("I/O") || msg.contains("open") {
+                            "io"
+                        } else {
+                            "format"
+                        };
+                        metrics
+                            .source_errors
+                            .get_or_create(&crate::metrics::SourceError {
+                                source: src.id.clone(),
+                                stage: "capture".into(),
+                                kind: kind.into(),
+                            })
+                            .inc();
+                        let deadline = Instant::now() + backoff;
+                        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+                            std::thread::sleep(Duration::from_millis(50));
+                        }
+                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                    }
+                }
+            }
+        })
+        .unwrap_or_else(|e| panic!("spawning a capture thread: {e}"))
+}
+
+fn capture_loop(
+    cap: &mut SqliteCapture,
+    src: &SourceRuntime,
+    status: &RunStatus,
+    stop: &AtomicBool,
+    drain_rx: &std::sync::mpsc::Receiver<std::sync::mpsc::Sender<Result<Lsn, String>>>,
+) -> Result<(), ferry_sqlite::CaptureError> {
+    let mut cleared_error = false;
+    loop {
+        cap.catch_up()?;
+        if let Ok(mut s) = src.capture_stats.lock() {
+            *s = cap.stats();
+        }
+        if !cleared_error {
+            // A successful pass clears an earlier capture error.
+            status.update(&src.id, |s| {
+                if s.state == SourceState::Error
+                    && s.last_error
+                        .as_deref()
+                        .is_some_and(|e| e.starts_with("capture"))
+                {
+                    s.state = SourceState::Starting;
+                    s.last_error = None;
+                }
+            });
+            cleared_error = true;
+        }
+        if stop.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        match drain_rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(reply) => {
+                // Everything committed before this request is captured when catch_up returns.
+                let r = cap
+                    .catch_up()
+                    .map(|_| src.log.durable_lsn())
+                    .map_err(|e| e.to_string());
+                if let Ok(mut s) = src.capture_stats.lock() {
+                    *s = cap.stats();
+                }
+                let _ = reply.send(r);
+            }
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+    }
+}
+
+async fn ship_loop(
+    target: PgTarget,
+    src: Arc<SourceRuntime>,
+    status: Arc<RunStatus>,
+    metrics: Arc<Metrics>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    let handle = Arc::new(LogHandle::Writer(src.log.clone()));
+    while !*stop.borrow() {
+        let result = async {
+            let mut shipper = Shipper::new(target.clone(), src.ship_options.clone()).await?;
+            if let Ok(mut slot) = src.ship_status.lock() {
+                *slot = Some(shipper.status_handle());
+            }
+            let mut source = LogRecordSource::new(handle.clone());
+            shipper.run(&mut source, stop.clone()).await
+        }
+        .await;
+        match result {
+            Ok(summary) => {
+                let _ = src.log.set_consumer(SHIPPER_CONSUMER, summary.applied_lsn);
+                return;
+            }
+            Err(e) => {
+                let msg = format!("shipping to PostgreSQL: {e}");
+                tracing::error!(source = %src.id, error = %msg, "shipping stopped; the log keeps every change; retrying");
+                status.update(&src.id, |s| {
+                    s.state = SourceState::Error;
+                    s.last_error = Some(msg.clone());
+                });
+                let kind = if e.is_transient() {
+                    "connection"
+                } else {
+                    "data"
+                };
+                metrics
+                    .source_errors
+                    .get_or_create(&crate::metrics::SourceError {
+                        source: src.id.clone(),
+                        stage: "ship".into(),
+                        kind: kind.into(),
+                    })
+                    .inc();
+                let mut s = stop.clone();
+                let _ = tokio::time::timeout(backoff, s.changed()).await;
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
+}
+
+/// Counter values last copied into the metrics, per source, so counters grow by deltas.
+#[derive(Default)]
+struct Published {
+    transactions: u64,
+    inserts: u64,
+    updates: u64,
+    deletes: u64,
+    resyncs: u64,
+    applied_upserted: u64,
+    applied_deleted: u64,
+    loaded: u64,
+    batches: u64,
+}
+
+async fn monitor_loop(ctx: Arc<RunContext>) {
+    let mut published: Vec<Published> = ctx.sources.iter().map(|_| Published::default()).collect();
+    let mut consumer_written: Vec<Lsn> = ctx.sources.iter().map(|_| Lsn::ZERO).collect();
+    loop {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        for (i, src) in ctx.sources.iter().enumerate() {
+            let l = SourceLabel {
+                source: src.id.clone(),
+            };
+            let cap = src
+                .capture_stats
+                .lock()
+                .map(|s| s.clone())
+                .unwrap_or_default();
+            let ship = src
+                .ship_status
+                .lock()
+                .ok()
+                .and_then(|s| s.clone())
+                .and_then(|h| h.lock().ok().map(|s| s.clone()));
+            let durable = src.log.durable_lsn();
+            let applied = ship.as_ref().map_or(Lsn::ZERO, |s| s.applied_lsn);
+            let lag_records = durable.0.saturating_sub(applied.0);
+            let lag_seconds = if lag_records == 0 {
+                0.0
+            } else {
+                oldest_unapplied_age(&src.log, applied)
+            };
+            let p = &mut published[i];
+            let m = &ctx.metrics;
+            m.captured_transactions
+                .get_or_create(&l)
+                .inc_by(cap.transactions.saturating_sub(p.transactions));
+            for (op, now, before) in [
+                (
+                    OpLabel::insert,
+                    cap.inserts + cap.snapshot_rows,
+                    &mut p.inserts,
+                ),
+                (OpLabel::update, cap.updates, &mut p.updates),
+                (OpLabel::delete, cap.deletes, &mut p.deletes),
+            ] {
+                m.captured_rows
+                    .get_or_create(&SourceOp {
+                        source: src.id.clone(),
+                        op,
+                    })
+                    .inc_by(now.saturating_sub(*before));
+                *before = now;
+            }
+            p.transactions = cap.transactions;
+            m.resyncs
+                .get_or_create(&l)
+                .inc_by(cap.resyncs.saturating_sub(p.resyncs));
+            p.resyncs = cap.resyncs;
+            m.capture_lsn.get_or_create(&l).set(durable.0 as i64);
+            m.shipped_lsn.get_or_create(&l).set(applied.0 as i64);
+            m.replication_lag_records
+                .get_or_create(&l)
+                .set(lag_records as i64);
+            m.replication_lag_seconds.get_or_create(&l).set(lag_seconds);
+            m.source_wal_bytes
+                .get_or_create(&l)
+                .set(cap.wal_bytes as i64);
+            if let Ok(segs) = src.log.segments() {
+                m.log_segments.get_or_create(&l).set(segs.len() as i64);
+                m.log_bytes
+                    .get_or_create(&l)
+                    .set(segs.iter().map(|s| s.bytes as i64).sum());
+            }
+            if let Some(ship) = &ship {
+                let st = &ship.stats;
+                m.applied_rows
+                    .get_or_create(&SourceOp {
+                        source: src.id.clone(),
+                        op: OpLabel::insert,
+                    })
+                    .inc_by(st.rows_upserted.saturating_sub(p.applied_upserted));
+                m.applied_rows
+                    .get_or_create(&SourceOp {
+                        source: src.id.clone(),
+                        op: OpLabel::delete,
+                    })
+                    .inc_by(st.rows_deleted.saturating_sub(p.applied_deleted));
+                m.snapshot_rows
+                    .get_or_create(&l)
+                    .inc_by(st.rows_loaded.saturating_sub(p.loaded));
+                if st.batches > p.batches {
+                    m.apply_batch_records
+                        .get_or_create(&l)
+                        .observe(st.last_batch_records as f64);
+                    m.apply_batch_duration
+                        .get_or_create(&l)
+                        .observe(st.last_batch_duration.as_secs_f64());
+                }
+                p.applied_upserted = st.rows_upserted;
+                p.applied_deleted = st.rows_deleted;
+                p.loaded = st.rows_loaded;
+                p.batches = st.batches;
+                let (loading, streaming) = ship.tables.iter().fold((0i64, 0i64), |(a, b), t| {
+                    if t.state == ferry_pg::TableState::Streaming {
+                        (a, b + 1)
+                    } else {
+                        (a + 1, b)
+                    }
+                });
+                m.snapshot_tables
+                    .get_or_create(&crate::metrics::SourceState {
+                        source: src.id.clone(),
+                        state: "loading".into(),
+                    })
+                    .set(loading);
+                m.snapshot_tables
+                    .get_or_create(&crate::metrics::SourceState {
+                        source: src.id.clone(),
+                        state: "streaming".into(),
+                    })
+                    .set(streaming);
+                if applied > consumer_written[i] {
+                    let _ = src.log.set_consumer(SHIPPER_CONSUMER, applied);
+                    consumer_written[i] = applied;
+                }
+            }
+            // Writes that reach SQLite after the cutover (the fence was bypassed, or ferry was
+            // stopped and restarted): counted and reported loudly.
+            let after_cutover = src
+                .cutover_at_lsn
+                .lock()
+                .ok()
+                .and_then(|g| *g)
+                .map(|(_, txns)| cap.transactions.saturating_sub(txns));
+            ctx.status.update(&src.id, |s| {
+                s.captured_lsn = durable.0;
+                s.shipped_lsn = applied.0;
+                s.lag_records = lag_records;
+                s.lag_seconds = lag_seconds;
+                if let Some(n) = after_cutover {
+                    if n > s.writes_after_cutover {
+                        tracing::error!(source = %src.id, writes = n, "WRITES TO SQLITE AFTER CUTOVER: the application still writes to the old database; these changes are captured but the application is supposed to be on PostgreSQL");
+                        m.writes_after_cutover.get_or_create(&l).inc_by(n - s.writes_after_cutover);
+                    }
+                    s.writes_after_cutover = n;
+                }
+                let ship_error = ship.as_ref().and_then(|st| st.last_error.clone());
+                match (&ship, s.state) {
+                    (_, SourceState::CutOver) => {}
+                    (Some(st), _) if st.phase == "failed" => {
+                        s.state = SourceState::Error;
+                        s.last_error = ship_error;
+                    }
+                    (Some(st), SourceState::Starting | SourceState::Snapshotting | SourceState::Streaming) => {
+                        s.state = if st.phase == "streaming" { SourceState::Streaming } else { SourceState::Snapshotting };
+                        s.last_error = None;
+                    }
+                    (Some(st), SourceState::Error) if st.phase == "streaming" && s.last_error.as_deref().is_some_and(|e| e.starts_with("shipping")) => {
+                        s.state = SourceState::Streaming;
+                        s.last_error = None;
+                    }
+                    _ => {}
+                }
+            });
+            let up = ctx
+                .status
+                .report()
+                .sources
+                .iter()
+                .find(|s| s.source == src.id)
+                .is_some_and(|s| s.state != SourceState::Error);
+            m.source_up.get_or_create(&l).set(i64::from(up));
+        }
+    }
+}
+
+/// Seconds since the capture of the oldest record not yet applied.
+fn oldest_unapplied_age(log: &ferry_log::Log, applied: Lsn) -> f64 {
+    let Ok(mut reader) = log.reader(applied.next()) else {
+        return 0.0;
+    };
+    match reader.next() {
+        Some(Ok((_, payload))) => match ferry_core::Record::decode(&payload)
+            .ok()
+            .and_then(|r| r.captured_at())
+        {
+            Some(at) => ((ferry_core::now_micros() - at).max(0) as f64) / 1e6,
+            None => 0.0,
+        },
+        _ => 0.0,
+    }
+}

@@ -1,0 +1,532 @@
+//! The cutover, run by `ferry run` on request over the control socket (proto/admin-api.md).
+//!
+//! Order of operations, and why:
+//! 1. **pre-verify** every table at the current position, while the application still
+//!    writes (so the long part happens before any write pause); tables that differ are
+//!    re-checked once the lag drains (a change in flight is not a difference);
+//! 2. **catch up** until the lag is below the bound, so the drain under the fence is short;
+//! 3. **fence** every source at once (SQLite's write lock; the application's writers wait);
+//!    from here on, a failure before the switch releases the fences and leaves the
+//!    application on SQLite, as it was;
+//! 4. **drain**: capture reads everything committed before the fence; the shipper applies it;
+//! 5. **verify under the fence**: row counts of every table, and a full comparison of every
+//!    table that changed since the pre-verify (`full`: of every table);
+//! 6. **sequences** move past the highest ids, so the application's next insert on
+//!    PostgreSQL gets a fresh id;
+//! 7. **record** the cutover in `ferry.progress` and in the log;
+//! 8. **switch**: the client runs the operator's command; on its success the fence stays
+//!    held for as long as `ferry run` runs, so the old application cannot commit to SQLite
+//!    behind PostgreSQL's back. The window is fence → done.
+
+use crate::cmd::run::{RunContext, SourceRuntime};
+use crate::control::{self, Event, Request};
+use crate::status::SourceState;
+use ferry_core::{CutoverRecord, Lsn, Record};
+use ferry_pg::mapping::MapOptions;
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pub async fn serve_control(listener: tokio::net::UnixListener, ctx: Arc<RunContext>) {
+    loop {
+        let Ok(mut conv) = control::accept(&listener).await else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let req = match conv.next_request().await {
+                Ok(Some(r)) => r,
+                _ => return,
+            };
+            match req {
+                Request::Cutover {
+                    full,
+                    max_lag_records,
+                    lag_wait_seconds,
+                } => {
+                    let r = cutover(
+                        &ctx,
+                        &mut conv,
+                        full,
+                        max_lag_records,
+                        Duration::from_secs_f64(lag_wait_seconds),
+                    )
+                    .await;
+                    if let Err(e) = r {
+                        tracing::error!(error = %format!("{e:#}"), "cutover aborted; the application stays on SQLite");
+                        for s in &ctx.sources {
+                            ctx.metrics
+                                .cutover_state
+                                .get_or_create(&crate::metrics::SourceLabel {
+                                    source: s.id.clone(),
+                                })
+                                .set(3);
+                        }
+                        let _ = conv
+                            .send(&Event::Error {
+                                message: format!("{e:#}"),
+                                fence_released: true,
+                            })
+                            .await;
+                    }
+                }
+                Request::BackupNow => {
+                    let _ = conv
+                        .send(&Event::Error {
+                            message: "backups are not built yet (issue #7)".into(),
+                            fence_released: false,
+                        })
+                        .await;
+                }
+                Request::Switched { .. } => {
+                    let _ = conv
+                        .send(&Event::Error {
+                            message: "no cutover is waiting for a switch".into(),
+                            fence_released: false,
+                        })
+                        .await;
+                }
+            }
+        });
+    }
+}
+
+async fn step(conv: &mut control::Conversation, step: &str, message: String) -> anyhow::Result<()> {
+    tracing::info!(step, "{message}");
+    conv.send(&Event::Step {
+        step: step.into(),
+        message,
+    })
+    .await?;
+    Ok(())
+}
+
+fn map_options(src: &SourceRuntime) -> MapOptions {
+    MapOptions {
+        schema: src.ship_options.schema.clone(),
+        table_prefix: src.ship_options.table_prefix.clone(),
+        keep_case: src.ship_options.keep_case,
+        type_overrides: Default::default(),
+    }
+}
+
+/// Runs verify for one source on a thread of its own (verify drives its own runtime).
+async fn verify_source(
+    ctx: &RunContext,
+    src: &SourceRuntime,
+    only: Option<Vec<String>>,
+) -> anyhow::Result<Vec<crate::cmd::verify::TableResult>> {
+    let target = ctx.target.clone();
+    let path = src.path.clone();
+    let opts = map_options(src);
+    tokio::task::spawn_blocking(move || {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        crate::cmd::verify::verify_tables(&rt, &target, &path, &opts, only.as_deref())
+    })
+    .await?
+}
+
+fn first_difference(results: &[crate::cmd::verify::TableResult]) -> Option<String> {
+    results.iter().find(|r| !r.is_equal()).map(|r| {
+        let c = &r.comparison;
+        format!(
+            "table {}: {} rows, {} missing, {} extra, {} different, {} in flight",
+            r.table, c.left_rows, c.missing, c.extra, c.different, r.in_flight
+        )
+    })
+}
+
+/// Asks the capture thread to read everything committed now; returns the durable LSN.
+async fn drain(src: &SourceRuntime) -> anyhow::Result<Lsn> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    src.drain_tx
+        .send(tx)
+        .map_err(|_| anyhow::anyhow!("source {}: capture is not running", src.id))?;
+    tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+        .await?
+        .map_err(|_| anyhow::anyhow!("source {}: capture did not drain within 30 s", src.id))?
+        .map_err(|e| anyhow::anyhow!("source {}: capture failed while draining: {e}", src.id))
+}
+
+fn applied_lsn(src: &SourceRuntime) -> Lsn {
+    src.ship_status
+        .lock()
+        .ok()
+        .and_then(|s| s.clone())
+        .and_then(|h| h.lock().ok().map(|s| s.applied_lsn))
+        .unwrap_or(Lsn::ZERO)
+}
+
+async fn wait_applied(src: &SourceRuntime, lsn: Lsn, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    while applied_lsn(src) < lsn {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "source {}: PostgreSQL did not reach LSN {lsn} within {timeout:?}",
+            src.id
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Tables touched by the records in (from, to].
+fn tables_changed(src: &SourceRuntime, from: Lsn, to: Lsn) -> anyhow::Result<BTreeSet<String>> {
+    let mut out = BTreeSet::new();
+    if to <= from {
+        return Ok(out);
+    }
+    for item in src.log.reader(from.next())? {
+        let (lsn, payload) = item?;
+        if lsn > to {
+            break;
+        }
+        if let Record::Transaction(t) = Record::decode(&payload)? {
+            out.extend(t.changes.iter().map(|c| c.table.clone()));
+            out.extend(t.schema_changes.iter().map(|c| c.table.clone()));
+        }
+    }
+    Ok(out)
+}
+
+async fn cutover(
+    ctx: &Arc<RunContext>,
+    conv: &mut control::Conversation,
+    full: bool,
+    max_lag: u64,
+    lag_wait: Duration,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        ctx.held_fences
+            .lock()
+            .map(|f| f.is_empty())
+            .unwrap_or(false),
+        "this ferry has already cut over"
+    );
+    for s in &ctx.sources {
+        ctx.metrics
+            .cutover_state
+            .get_or_create(&crate::metrics::SourceLabel {
+                source: s.id.clone(),
+            })
+            .set(1);
+        let st = ctx.status.report();
+        let state = st
+            .sources
+            .iter()
+            .find(|x| x.source == s.id)
+            .map(|x| x.state);
+        anyhow::ensure!(
+            state == Some(SourceState::Streaming),
+            "source {} is not streaming ({state:?}); wait until the initial load is done and no error is reported",
+            s.id
+        );
+    }
+    // 1. pre-verify
+    let mut pre_lsn = Vec::new();
+    for src in &ctx.sources {
+        wait_applied(src, src.log.durable_lsn(), lag_wait).await?;
+        let at = src.log.durable_lsn();
+        wait_applied(src, at, lag_wait).await?;
+        step(
+            conv,
+            "pre_verify",
+            format!(
+                "source {}: verifying every table (PostgreSQL at LSN {at})",
+                src.id
+            ),
+        )
+        .await?;
+        let mut results = verify_source(ctx, src, None).await?;
+        if first_difference(&results).is_some() {
+            // Set aside what changed while we read (in flight); the fence re-verifies those
+            // tables where nothing moves.
+            let end = drain(src).await?;
+            wait_applied(src, end, lag_wait).await?;
+            let changed = crate::cmd::verify::keys_changed(src.log.reader(at.next())?, end)?;
+            crate::cmd::verify::set_aside_in_flight(&mut results, &changed);
+        }
+        if let Some(bad) = first_difference(&results) {
+            anyhow::bail!(
+                "source {}: {bad} before the fence; run `ferry verify` for the keys",
+                src.id
+            );
+        }
+        pre_lsn.push(at);
+    }
+    // 2. catch up
+    let deadline = Instant::now() + lag_wait;
+    for src in &ctx.sources {
+        while src.log.durable_lsn().0.saturating_sub(applied_lsn(src).0) > max_lag {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "source {}: lag stayed above {max_lag} records for {lag_wait:?}",
+                src.id
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    step(conv, "catch_up", "lag is within bounds".into()).await?;
+    // 3. fence every source
+    let fenced_at = Instant::now();
+    let fenced_wall = ferry_core::now_micros();
+    let mut fences = Vec::new();
+    for src in &ctx.sources {
+        let path = src.path.clone();
+        let f = tokio::task::spawn_blocking(move || {
+            crate::fence::Fence::acquire(&path, Duration::from_secs(5))
+        })
+        .await??;
+        fences.push(f);
+    }
+    // From here, an error drops `fences`, releasing SQLite's lock.
+    step(
+        conv,
+        "fence",
+        format!("write lock held on {} sources", fences.len()),
+    )
+    .await?;
+    // 4. drain
+    let mut drained = Vec::new();
+    for src in &ctx.sources {
+        let (tx, rx) = std::sync::mpsc::channel();
+        src.drain_tx
+            .send(tx)
+            .map_err(|_| anyhow::anyhow!("source {}: capture is not running", src.id))?;
+        let end = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await?
+            .map_err(|_| anyhow::anyhow!("capture did not drain within 30 s"))?
+            .map_err(|e| anyhow::anyhow!("capture failed while draining: {e}"))?;
+        wait_applied(src, end, Duration::from_secs(30)).await?;
+        drained.push(end);
+    }
+    step(
+        conv,
+        "drain",
+        format!(
+            "applied through LSN {:?}",
+            drained.iter().map(|l| l.0).collect::<Vec<_>>()
+        ),
+    )
+    .await?;
+    // 5. verify under the fence
+    for (i, src) in ctx.sources.iter().enumerate() {
+        let only: Option<Vec<String>> = if full {
+            None
+        } else {
+            Some(
+                tables_changed(src, pre_lsn[i], drained[i])?
+                    .into_iter()
+                    .collect(),
+            )
+        };
+        let n = only
+            .as_ref()
+            .map_or("every".to_string(), |o| o.len().to_string());
+        let results = match &only {
+            Some(o) if o.is_empty() => vec![],
+            _ => verify_source(ctx, src, only).await?,
+        };
+        if let Some(bad) = first_difference(&results) {
+            anyhow::bail!("source {}: {bad} under the fence", src.id);
+        }
+        counts_equal(ctx, src).await?;
+        step(
+            conv,
+            "verify",
+            format!(
+                "source {}: row counts equal; {n} changed tables equal",
+                src.id
+            ),
+        )
+        .await?;
+    }
+    // 6. sequences
+    let mut moved = 0;
+    for src in &ctx.sources {
+        moved += advance_sequences(ctx, src).await?;
+    }
+    step(
+        conv,
+        "sequences",
+        format!("{moved} sequences moved past the highest ids"),
+    )
+    .await?;
+    // 7. record the cutover
+    for (i, src) in ctx.sources.iter().enumerate() {
+        let client = ctx.target.connect().await?;
+        client
+            .execute(
+                "UPDATE ferry.progress SET cutover_at = now() WHERE source_id = $1",
+                &[&src.id],
+            )
+            .await?;
+        let rec = Record::Cutover(CutoverRecord {
+            at: ferry_core::now_micros(),
+            last_applied: drained[i],
+            note: "cutover".into(),
+        });
+        let log = src.log.clone();
+        tokio::task::spawn_blocking(move || log.append(&rec.encode())).await??;
+        let txns = src
+            .capture_stats
+            .lock()
+            .map(|s| s.transactions)
+            .unwrap_or(0);
+        if let Ok(mut c) = src.cutover_at_lsn.lock() {
+            *c = Some((drained[i], txns));
+        }
+    }
+    // 8. switch
+    conv.send(&Event::Switch {
+        message: "PostgreSQL is authoritative; run the switch now".into(),
+    })
+    .await?;
+    let switched = tokio::time::timeout(Duration::from_secs(600), conv.next_request()).await;
+    match switched {
+        Ok(Ok(Some(Request::Switched { ok: true, .. }))) => {}
+        Ok(Ok(Some(Request::Switched { ok: false, output }))) => {
+            anyhow::bail!("the switch command failed: {output}")
+        }
+        _ => anyhow::bail!("the cutover client went away before the switch"),
+    }
+    let window = fenced_at.elapsed();
+    for src in &ctx.sources {
+        ctx.status.update(&src.id, |s| {
+            s.state = SourceState::CutOver;
+            s.cutover_at = Some(ferry_core::json::micros_to_rfc3339(ferry_core::now_micros()));
+        });
+        ctx.metrics
+            .cutover_state
+            .get_or_create(&crate::metrics::SourceLabel {
+                source: src.id.clone(),
+            })
+            .set(2);
+    }
+    if let Ok(mut held) = ctx.held_fences.lock() {
+        held.extend(fences);
+    }
+    let mut detail = serde_json::Map::new();
+    detail.insert(
+        "window_ms".into(),
+        serde_json::json!(window.as_secs_f64() * 1000.0),
+    );
+    detail.insert(
+        "fenced_at".into(),
+        serde_json::json!(ferry_core::json::micros_to_rfc3339(fenced_wall)),
+    );
+    detail.insert(
+        "done_at".into(),
+        serde_json::json!(ferry_core::json::micros_to_rfc3339(ferry_core::now_micros())),
+    );
+    tracing::info!(
+        window_ms = window.as_secs_f64() * 1000.0,
+        "cutover done; SQLite stays fenced while ferry runs"
+    );
+    conv.send(&Event::Done { detail }).await?;
+    Ok(())
+}
+
+/// `count(*)` of every table, both sides.
+async fn counts_equal(ctx: &RunContext, src: &SourceRuntime) -> anyhow::Result<()> {
+    let path = src.path.clone();
+    let sqlite_counts =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, i64)>> {
+            let conn = crate::sqlite_read::open_read_only(&path)?;
+            let mut out = Vec::new();
+            for t in crate::sqlite_read::tables(&conn)? {
+                let n: i64 = conn.query_row(
+                    &format!("SELECT count(*) FROM \"{}\"", t.name.replace('"', "\"\"")),
+                    [],
+                    |r| r.get(0),
+                )?;
+                out.push((t.name, n));
+            }
+            Ok(out)
+        })
+        .await??;
+    let client = ctx.target.connect().await?;
+    let opts = map_options(src);
+    for (table, n) in sqlite_counts {
+        if !src.ship_options.includes(&table) {
+            continue;
+        }
+        let target = opts.target_table_name(&table);
+        let q = format!(
+            "SELECT count(*) FROM {}",
+            ferry_pg::ident::qualified(&opts.schema, &target)
+        );
+        let pg: i64 = client
+            .query_one(&q, &[])
+            .await
+            .map_err(|e| anyhow::anyhow!("counting {q}: {e}"))?
+            .get(0);
+        anyhow::ensure!(
+            pg == n,
+            "source {}: table {table} has {n} rows in SQLite but {pg} in PostgreSQL",
+            src.id
+        );
+    }
+    Ok(())
+}
+
+async fn advance_sequences(ctx: &RunContext, src: &SourceRuntime) -> anyhow::Result<usize> {
+    let path = src.path.clone();
+    let (schemas, seq_schema) = tokio::task::spawn_blocking(
+        move || -> anyhow::Result<(Vec<ferry_core::TableSchema>, Option<ferry_core::TableSchema>)> {
+            let conn = crate::sqlite_read::open_read_only(&path)?;
+            let tables = crate::sqlite_read::tables(&conn)?;
+            let schemas = tables
+                .iter()
+                .map(|t| crate::sqlite_read::table_schema(&conn, t).map_err(anyhow::Error::from))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            // sqlite_sequence (AUTOINCREMENT counters) is shipped like a table keyed by rowid.
+            let has_seq: bool = conn.query_row(
+                "SELECT count(*) > 0 FROM sqlite_schema WHERE type = 'table' AND name = 'sqlite_sequence'",
+                [],
+                |r| r.get(0),
+            )?;
+            let seq = if has_seq {
+                let t = crate::sqlite_read::VerifyTable {
+                    name: "sqlite_sequence".into(),
+                    columns: vec!["name".into(), "seq".into()],
+                    decl_types: vec![String::new(), String::new()],
+                    key: vec![],
+                };
+                Some(crate::sqlite_read::table_schema(&conn, &t)?)
+            } else {
+                None
+            };
+            Ok((schemas, seq))
+        },
+    )
+    .await??;
+    let client = ctx.target.connect().await?;
+    let opts = map_options(src);
+    let mut maps = Vec::new();
+    for s in &schemas {
+        if !src.ship_options.includes(&s.name) {
+            continue;
+        }
+        let name = opts.target_table_name(&s.name);
+        if let Some(ct) = ferry_pg::find_table(&client, &opts.schema, &name).await? {
+            let mut problems = Vec::new();
+            if let Some(m) = ferry_pg::map_onto(s, &ct, opts.keep_case, &mut problems) {
+                maps.push(m);
+            }
+        }
+    }
+    let mut sqlite_sequence = None;
+    if let Some(seq) = &seq_schema {
+        let name = opts.target_table_name("sqlite_sequence");
+        if let Some(ct) = ferry_pg::find_table(&client, &opts.schema, &name).await? {
+            let mut problems = Vec::new();
+            sqlite_sequence = ferry_pg::map_onto(seq, &ct, opts.keep_case, &mut problems);
+        }
+    }
+    let moved = ferry_pg::advance_sequences(&client, &maps, sqlite_sequence.as_ref()).await?;
+    Ok(moved.len())
+}
