@@ -38,6 +38,7 @@ pub(crate) struct Loader {
     pool_rx: mpsc::Receiver<Client>,
     current: Option<(String, mpsc::Sender<SnapshotChunk>)>,
     handles: Vec<JoinHandle<WorkerResult>>,
+    done: Vec<(String, u64, u64)>,
     started: BTreeSet<String>,
     source_id: String,
     mode: TargetMode,
@@ -77,6 +78,7 @@ impl Loader {
             pool_rx,
             current: None,
             handles: Vec::new(),
+            done: Vec::new(),
             started: BTreeSet::new(),
             source_id: source_id.to_string(),
             mode,
@@ -143,7 +145,8 @@ impl Loader {
         while i < self.handles.len() {
             if self.handles[i].is_finished() {
                 let h = self.handles.remove(i);
-                join(h).await?;
+                let r = join(h).await?;
+                self.done.push(r);
             } else {
                 i += 1;
             }
@@ -156,8 +159,12 @@ impl Loader {
         let mut rows = BTreeMap::new();
         let mut notices = Vec::new();
         let mut first_err = None;
+        let mut results: Vec<WorkerResult> = self.done.drain(..).map(Ok).collect();
         for h in self.handles.drain(..) {
-            match join(h).await {
+            results.push(join(h).await);
+        }
+        for r in results {
+            match r {
                 Ok((table, n, replaced)) => {
                     if replaced > 0 {
                         notices.push(format!(
