@@ -378,7 +378,9 @@ async fn ship_loop(
     let handle = Arc::new(LogHandle::Writer(src.log.clone()));
     while !*stop.borrow() {
         let result = async {
+            tracing::debug!(source = %src.id, "connecting the shipper");
             let mut shipper = Shipper::new(target.clone(), src.ship_options.clone()).await?;
+            tracing::debug!(source = %src.id, "shipper connected");
             if let Ok(mut slot) = src.ship_status.lock() {
                 *slot = Some(shipper.status_handle());
             }
