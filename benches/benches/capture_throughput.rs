@@ -20,12 +20,20 @@ fn prepare(dir: &std::path::Path) -> SqliteCapture {
     )
     .unwrap();
     let log = Arc::new(RecordFile::open(&dir.join("log.bin")).unwrap());
-    let opts = CaptureOptions { watch: false, bound_wal: false, ..CaptureOptions::default() };
+    let opts = CaptureOptions {
+        watch: false,
+        bound_wal: false,
+        ..CaptureOptions::default()
+    };
     let mut cap = SqliteCapture::open(&db, &dir.join("work"), log, opts).unwrap();
     cap.catch_up().unwrap();
     // The application: small transactions (insert + update of an earlier row).
-    let mut st = c.prepare("INSERT INTO events(kind, payload, n) VALUES ('click', ?1, 0)").unwrap();
-    let mut up = c.prepare("UPDATE events SET n = n + 1 WHERE id = ?1").unwrap();
+    let mut st = c
+        .prepare("INSERT INTO events(kind, payload, n) VALUES ('click', ?1, 0)")
+        .unwrap();
+    let mut up = c
+        .prepare("UPDATE events SET n = n + 1 WHERE id = ?1")
+        .unwrap();
     for i in 1..=TXNS {
         c.execute_batch("BEGIN").unwrap();
         st.execute([format!("payload-{i:08}")]).unwrap();
@@ -38,7 +46,11 @@ fn prepare(dir: &std::path::Path) -> SqliteCapture {
 fn peak_rss_kib() -> u64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
         .unwrap_or(0)
 }
 

@@ -238,6 +238,37 @@ impl Shipper {
         self.maps.values().cloned().collect()
     }
 
+    /// Moves every identity/serial sequence of the shipped tables past the highest id
+    /// (and SQLite's `sqlite_sequence` counter): what the cutover calls, and `ferry ship
+    /// --advance-sequences` on demand.
+    pub async fn advance_sequences(
+        &mut self,
+    ) -> Result<Vec<crate::sequences::SequenceAdvance>, PgError> {
+        if self.client.is_none() {
+            self.connect().await?;
+        }
+        if self.maps.is_empty() {
+            let p =
+                progress::read_progress(client_of(&mut self.client)?, &self.opts.source_id).await?;
+            if let Some(p) = p {
+                self.load_maps(&p).await?;
+            }
+        }
+        let seq_map = self
+            .maps
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case("sqlite_sequence"))
+            .map(|(_, v)| v.clone());
+        let user_maps: Vec<TableMap> = self
+            .maps
+            .values()
+            .filter(|m| m.target_schema != "ferry")
+            .cloned()
+            .collect();
+        let client = client_of(&mut self.client)?;
+        crate::sequences::advance_sequences(&*client, &user_maps, seq_map.as_ref()).await
+    }
+
     fn update_status(&self, f: impl FnOnce(&mut ShipStatus)) {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);

@@ -628,6 +628,11 @@ async fn existing_mode_maps_onto_an_orm_schema() {
         .unwrap();
     let status = shipper.status();
     assert!(
+        status.stats.batches_split >= 1,
+        "the e-mail swap against the application's immediate UNIQUE must go through the one-transaction-at-a-time fallback: {:?}",
+        status.stats
+    );
+    assert!(
         status
             .notices
             .iter()
@@ -1166,4 +1171,79 @@ async fn exactly_once_under_kill_and_connection_drops() {
         assert!(rows == want, "{name} differs from the fold");
     }
     eprintln!("kills: {killed}, connection drops: {terminated}, reader checks: {checks}");
+}
+
+/// `run` ships until told to stop, and applies heartbeats and the cutover mark; the
+/// AUTOINCREMENT counter in sqlite_sequence moves the identity even past deleted ids.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_until_stopped_with_sqlite_sequence_and_cutover() {
+    let db = TestDb::new().await;
+    let mut t = table("t", vec![col("id", "INTEGER", 1), col("v", "TEXT", 0)]);
+    t.autoincrement = true;
+    let seq = table(
+        "sqlite_sequence",
+        vec![col("name", "", 0), col("seq", "", 0)],
+    );
+    let mut records = snapshot(
+        vec![t.clone(), seq.clone()],
+        vec![
+            (
+                "t",
+                vec![SnapshotRow {
+                    rowid: Some(5),
+                    values: vec![Value::Integer(5), Value::text("five")],
+                }],
+            ),
+            (
+                "sqlite_sequence",
+                vec![SnapshotRow {
+                    rowid: Some(1),
+                    values: vec![Value::text("t"), Value::Integer(40)],
+                }],
+            ),
+        ],
+    );
+    records.push(Record::Heartbeat(ferry_core::Heartbeat {
+        at: 1,
+        position: pos(),
+    }));
+    records.push(Record::Cutover(ferry_core::CutoverRecord {
+        at: 1_800_000_000_000_000,
+        last_applied: Lsn(5),
+        note: "test".into(),
+    }));
+    let last = Lsn(records.len() as u64);
+    let mut source = VecRecordSource::new(LOG_ID, records);
+    let mut shipper = Shipper::new(PgTarget::parse(db.url()).unwrap(), opts("stop"))
+        .await
+        .unwrap();
+    let status = shipper.status_handle();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopper = async {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while status.lock().unwrap().applied_lsn < last {
+            assert!(Instant::now() < deadline, "shipper did not reach {last}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        stop_tx.send(true).unwrap();
+    };
+    let (summary, ()) = tokio::join!(shipper.run(&mut source, stop_rx), stopper);
+    assert_eq!(summary.unwrap().applied_lsn, last);
+    let client = db.connect().await;
+    let p = read_progress(&client, "stop").await.unwrap().unwrap();
+    assert_eq!(p.cutover_at, Some(1_800_000_000_000_000));
+    let adv = shipper.advance_sequences().await.unwrap();
+    assert!(
+        adv.iter().any(|a| a.table == "t" && a.value == 40),
+        "{adv:?}"
+    );
+    let next: i64 = client
+        .query_one("INSERT INTO t (v) VALUES ('new') RETURNING id", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        next, 41,
+        "AUTOINCREMENT never reuses ids below sqlite_sequence"
+    );
 }

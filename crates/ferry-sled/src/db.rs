@@ -782,7 +782,7 @@ impl CapturedTxTree<'_> {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<Option<IVec>, TxOpError> {
-        let op = self.tree.merge_operator()?;
+        let op = self.tree.merge_operator().map_err(TxOpError::Capture)?;
         let key = key.as_ref();
         let current = self.view.get(key)?;
         let new = op(key, current.as_deref(), value.as_ref()).map(IVec::from);
@@ -867,15 +867,13 @@ impl CapturedTree {
         *self.merge.write().unwrap_or_else(|e| e.into_inner()) = Some(op);
     }
 
-    fn merge_operator(&self) -> Result<Arc<MergeFn>, TxOpError> {
+    fn merge_operator(&self) -> Result<Arc<MergeFn>, CaptureError> {
         self.merge
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
-            .ok_or_else(|| {
-                TxOpError::Capture(CaptureError::NoMergeOperator {
-                    tree: String::from_utf8_lossy(&self.name).into_owned(),
-                })
+            .ok_or_else(|| CaptureError::NoMergeOperator {
+                tree: String::from_utf8_lossy(&self.name).into_owned(),
             })
     }
 
@@ -978,13 +976,7 @@ impl CapturedTree {
         key: impl AsRef<[u8]>,
         value: impl AsRef<[u8]>,
     ) -> Result<Option<IVec>, CaptureError> {
-        let op = self.merge_operator().map_err(|e| match e {
-            TxOpError::Capture(e) => e,
-            TxOpError::Sled(UnabortableTransactionError::Storage(e)) => CaptureError::Sled(e),
-            TxOpError::Sled(UnabortableTransactionError::Conflict) => {
-                CaptureError::Sled(sled::Error::Unsupported("conflict".into()))
-            }
-        })?;
+        let op = self.merge_operator()?;
         let key = key.as_ref();
         let value = value.as_ref();
         self.write_one(key, |t| {

@@ -37,7 +37,7 @@ use ferry_core::{
     now_micros,
 };
 use rusqlite::{Connection, OpenFlags};
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -751,7 +751,7 @@ impl SqliteCapture {
                     pages: &t.pages,
                     count: t.point.db_pages,
                 };
-                let changed: HashSet<u32> = t.pages.keys().copied().collect();
+                let changed: crate::decode::PageSet = t.pages.keys().copied().collect();
                 let d = decoder
                     .decode(&before, &after, &changed)
                     .map_err(self.decode_err())?;
@@ -791,7 +791,6 @@ impl SqliteCapture {
                 )));
             }
             let last = txns.last().map(|t| t.point).unwrap_or(state.point);
-            drop(base);
             self.shadow.apply(
                 &pending,
                 ShadowState {
@@ -907,7 +906,6 @@ impl SqliteCapture {
                 resync: true,
             });
             let got = self.sink.append_batch(&[rec])?;
-            drop(base);
             self.shadow.apply(
                 &diff_pages,
                 ShadowState {

@@ -40,6 +40,30 @@ use ferry_core::{
     SnapshotRow, TableSchema, Value,
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Page numbers are small dense integers: a multiplicative hash is enough and far cheaper
+/// than SipHash on the per-transaction hot path.
+#[derive(Default, Clone, Copy)]
+pub struct PageHasher(u64);
+
+impl Hasher for PageHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.0 = u64::from(n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+/// A set of page numbers.
+pub type PageSet = HashSet<u32, BuildHasherDefault<PageHasher>>;
+type PageMap<V> = HashMap<u32, V, BuildHasherDefault<PageHasher>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
@@ -302,10 +326,29 @@ fn payload_of(
     })
 }
 
-/// A cell collected by a walk: rowid (table trees) and its whole payload.
+/// A cell collected by a walk: rowid (table trees) and its whole payload, borrowed from
+/// its page when it has no overflow.
 struct CollectedCell {
     rowid: i64,
-    payload: Vec<u8>,
+    payload: CellBytes,
+}
+
+enum CellBytes {
+    Local {
+        page: Page,
+        start: usize,
+        len: usize,
+    },
+    Owned(Vec<u8>),
+}
+
+impl CellBytes {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            CellBytes::Local { page, start, len } => &page[*start..*start + *len],
+            CellBytes::Owned(v) => v,
+        }
+    }
 }
 
 /// The result of walking one tree in one state.
@@ -358,10 +401,20 @@ fn walk(
         if page.kind != PageKind::TableInterior {
             for i in 0..page.cell_count {
                 let c = page.cell(i)?;
-                let (payload, ovf) = payload_of(src, geo, &c)?;
-                for o in ovf {
-                    w.visited.push((o, pg, Role::Overflow));
-                }
+                let payload = if c.first_overflow.is_none() {
+                    let start = c.local.as_ptr() as usize - data.as_ptr() as usize;
+                    CellBytes::Local {
+                        page: data.clone(),
+                        start,
+                        len: c.local.len(),
+                    }
+                } else {
+                    let (payload, ovf) = payload_of(src, geo, &c)?;
+                    for o in ovf {
+                        w.visited.push((o, pg, Role::Overflow));
+                    }
+                    CellBytes::Owned(payload)
+                };
                 w.cells.push(CollectedCell {
                     rowid: c.rowid,
                     payload,
@@ -380,7 +433,7 @@ fn walk(
 /// Which tree every page of a captured table belongs to, as of the shadow's state.
 #[derive(Default)]
 pub struct TreeIndex {
-    owners: HashMap<u32, PageOwner>,
+    owners: PageMap<PageOwner>,
 }
 
 impl TreeIndex {
@@ -469,7 +522,7 @@ impl Decoder {
             false
         })?;
         for c in w.cells {
-            let rec = decode_record(&c.payload, t.root, self.geometry.encoding)?;
+            let rec = decode_record(c.payload.as_slice(), t.root, self.geometry.encoding)?;
             let values = t.layout.row(rec, c.rowid);
             let rowid = (!t.schema.without_rowid).then_some(c.rowid);
             f(SnapshotRow { rowid, values })?;
@@ -484,7 +537,7 @@ impl Decoder {
         &mut self,
         before: &dyn PageSource,
         after: &dyn PageSource,
-        changed: &HashSet<u32>,
+        changed: &PageSet,
     ) -> Result<Decoded, DecodeError> {
         let mut out = Decoded::default();
         let new_hdr = if changed.contains(&1) {
@@ -517,11 +570,23 @@ impl Decoder {
             full = f;
             incremental = inc;
         } else {
-            incremental.extend(self.catalog.tables.values().cloned());
+            // Only trees that own a written page (or whose root was written) are cloned.
+            let touched: PageSet = changed
+                .iter()
+                .filter_map(|p| self.index.owners.get(p).map(|o| o.root))
+                .chain(changed.iter().copied())
+                .collect();
+            incremental.extend(
+                self.catalog
+                    .tables
+                    .values()
+                    .filter(|t| touched.contains(&t.root))
+                    .cloned(),
+            );
         }
 
         // Dirty pages: the ancestors of every written page that a captured tree owns.
-        let mut dirty: HashSet<u32> = HashSet::new();
+        let mut dirty = PageSet::default();
         let mut affected_roots: HashSet<u32> = HashSet::new();
         for &p in changed {
             if let Some(o) = self.index.owners.get(&p) {
@@ -574,8 +639,8 @@ impl Decoder {
         &mut self,
         before: &dyn PageSource,
         after: &dyn PageSource,
-        changed: &HashSet<u32>,
-        dirty: &HashSet<u32>,
+        changed: &PageSet,
+        dirty: &PageSet,
         t: &TableInfo,
         out: &mut Vec<RowChange>,
     ) -> Result<(), DecodeError> {
@@ -593,7 +658,7 @@ impl Decoder {
         } else {
             Walk::default()
         };
-        let reached: HashSet<u32> = new_walk.pruned.iter().map(|(p, _)| *p).collect();
+        let reached: PageSet = new_walk.pruned.iter().map(|(p, _)| *p).collect();
         let old_walk = walk(before, &self.geometry, root, t.schema.without_rowid, &|p| {
             clean(p) && reached.contains(&p)
         })?;
@@ -748,7 +813,7 @@ fn all_rows(
     w.cells
         .into_iter()
         .map(|c| {
-            let rec = decode_record(&c.payload, t.root, geo.encoding)?;
+            let rec = decode_record(c.payload.as_slice(), t.root, geo.encoding)?;
             Ok((c.rowid, t.layout.row(rec, c.rowid)))
         })
         .collect()
@@ -843,23 +908,15 @@ fn diff_cells(
     let name = &new_t.schema.name;
     let (old, new): (Vec<CollectedCell>, Vec<CollectedCell>) = if new_t.schema.without_rowid {
         // Index b-tree: identical payloads are identical rows.
-        let new_set: HashSet<&[u8]> = new.iter().map(|c| c.payload.as_slice()).collect();
-        let old_set: HashSet<&[u8]> = old.iter().map(|c| c.payload.as_slice()).collect();
+        let new_set: HashSet<Vec<u8>> = new.iter().map(|c| c.payload.as_slice().to_vec()).collect();
+        let old_set: HashSet<Vec<u8>> = old.iter().map(|c| c.payload.as_slice().to_vec()).collect();
         let o: Vec<CollectedCell> = old
-            .iter()
+            .into_iter()
             .filter(|c| !new_set.contains(c.payload.as_slice()))
-            .map(|c| CollectedCell {
-                rowid: 0,
-                payload: c.payload.clone(),
-            })
             .collect();
         let n: Vec<CollectedCell> = new
-            .iter()
+            .into_iter()
             .filter(|c| !old_set.contains(c.payload.as_slice()))
-            .map(|c| CollectedCell {
-                rowid: 0,
-                payload: c.payload.clone(),
-            })
             .collect();
         (o, n)
     } else {
@@ -872,7 +929,7 @@ fn diff_cells(
                 (Some(a), Some(b)) if a.rowid == b.rowid => {
                     let (a, b) = (oi.next(), ni.next());
                     if let (Some(a), Some(b)) = (a, b)
-                        && a.payload != b.payload
+                        && a.payload.as_slice() != b.payload.as_slice()
                     {
                         o.push(a);
                         n.push(b);
@@ -895,7 +952,7 @@ fn diff_cells(
      -> Result<BTreeMap<Vec<Value>, Vec<Value>>, DecodeError> {
         let mut m = BTreeMap::new();
         for c in cells {
-            let rec = decode_record(&c.payload, t.root, geo.encoding)?;
+            let rec = decode_record(c.payload.as_slice(), t.root, geo.encoding)?;
             let row = t.layout.row(rec, c.rowid);
             let k = t.schema.key_of(&row, Some(c.rowid));
             if m.insert(k.clone(), row).is_some() {
@@ -914,11 +971,8 @@ fn diff_cells(
 }
 
 /// Every page that differs between two states (for a resync or a rollback-journal poll).
-pub fn differing_pages(
-    a: &dyn PageSource,
-    b: &dyn PageSource,
-) -> Result<HashSet<u32>, DecodeError> {
-    let mut out = HashSet::new();
+pub fn differing_pages(a: &dyn PageSource, b: &dyn PageSource) -> Result<PageSet, DecodeError> {
+    let mut out = PageSet::default();
     let n = a.page_count().max(b.page_count());
     for p in 1..=n {
         if p > a.page_count() || p > b.page_count() {

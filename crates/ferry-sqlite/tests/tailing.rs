@@ -91,12 +91,10 @@ fn every_commit_exactly_once_under_a_checkpoint_storm() {
         .filter(|r| matches!(r, Record::Transaction(_)))
         .collect();
     assert_eq!(txns.len() as i64, N, "one record per source commit");
-    let mut expect = 1;
     let mut last: Option<(u32, u32, u32)> = None;
-    for r in &txns {
+    for (expect, r) in (1..).zip(txns.iter()) {
         let seqs = seq_of(r).unwrap();
         assert_eq!(seqs, vec![expect], "each record is exactly the next commit");
-        expect += 1;
         if let Record::Transaction(t) = r {
             assert!(!t.resync);
             assert!(

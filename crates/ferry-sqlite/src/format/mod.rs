@@ -173,10 +173,10 @@ mod tests {
         // exp1 T3: 4096-byte pages, P=10018 gives 1834 bytes local (M=489).
         assert_eq!(local_payload_size(4096, 10018, true), 1834);
         assert_eq!(local_payload_size(4096, 4061, true), 4061);
-        assert_eq!(
-            local_payload_size(4096, 4062, true),
-            489 + (4062 - 489) % 4092
-        );
+        // K = M + (P - M) % (U - 4) = 4062 exceeds X = 4061, so only M stays local.
+        assert_eq!(local_payload_size(4096, 4062, true), 489);
+        // K = 489 + (8000 - 489) % 4092 = 3908 fits.
+        assert_eq!(local_payload_size(4096, 8000, true), 3908);
     }
 
     #[test]
