@@ -181,7 +181,8 @@ mod tests {
 
     #[test]
     fn ptrmap_layout() {
-        assert_eq!(ptrmap_pages(4096, 2000), vec![2, 2 + 819 + 1]);
+        // Each ptrmap page maps the next U/5 = 819 pages; the next ptrmap page follows them.
+        assert_eq!(ptrmap_pages(4096, 2000), vec![2, 822, 1642]);
         let mut page = vec![0u8; 4096];
         page[5..10].copy_from_slice(&[5, 0, 0, 0, 3]);
         assert_eq!(ptrmap_entry(&page, 2, 4).unwrap(), (PtrmapType::Btree, 3));
