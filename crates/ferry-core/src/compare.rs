@@ -7,6 +7,17 @@
 
 use std::cmp::Ordering;
 
+/// Which side a differing key is wrong on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DiffKind {
+    /// Only on the left (missing on the right).
+    Missing,
+    /// Only on the right.
+    Extra,
+    /// On both sides with different values.
+    Different,
+}
+
 /// How many keys of each kind a [`Comparison`] keeps as examples.
 pub const EXAMPLE_KEYS: usize = 10;
 
@@ -22,7 +33,7 @@ pub struct Comparison<K> {
     pub first_different: Vec<K>,
     /// Every differing key (missing, extra or different) in key order, up to the cap given
     /// to [`compare_sorted_keeping`] (empty for [`compare_sorted`]).
-    pub differing_keys: Vec<K>,
+    pub differing_keys: Vec<(DiffKind, K)>,
 }
 
 impl<K> Default for Comparison<K> {
@@ -44,6 +55,52 @@ impl<K> Default for Comparison<K> {
 impl<K> Comparison<K> {
     pub fn is_equal(&self) -> bool {
         self.missing == 0 && self.extra == 0 && self.different == 0
+    }
+
+    /// Whether every differing key was kept, so the counts can be explained key by key.
+    pub fn kept_every_key(&self) -> bool {
+        (self.missing + self.extra + self.different) as usize == self.differing_keys.len()
+    }
+
+    /// Takes the differences whose key satisfies `in_flight` out of the counts and the
+    /// example lists (a live comparison reads both sides at slightly different moments, so a
+    /// key that changed meanwhile proves nothing either way) and returns how many it set
+    /// aside. Does nothing and returns `None` when not every differing key was kept: the
+    /// counts could not be corrected honestly.
+    pub fn set_aside(&mut self, mut in_flight: impl FnMut(&K) -> bool) -> Option<u64>
+    where
+        K: Clone,
+    {
+        if !self.kept_every_key() {
+            return None;
+        }
+        let mut set_aside = 0;
+        self.differing_keys.retain(|(kind, k)| {
+            if !in_flight(k) {
+                return true;
+            }
+            set_aside += 1;
+            match kind {
+                DiffKind::Missing => self.missing -= 1,
+                DiffKind::Extra => self.extra -= 1,
+                DiffKind::Different => self.different -= 1,
+            }
+            false
+        });
+        for (list, want) in [
+            (&mut self.first_missing, DiffKind::Missing),
+            (&mut self.first_extra, DiffKind::Extra),
+            (&mut self.first_different, DiffKind::Different),
+        ] {
+            *list = self
+                .differing_keys
+                .iter()
+                .filter(|(kind, _)| *kind == want)
+                .take(EXAMPLE_KEYS)
+                .map(|(_, k)| k.clone())
+                .collect();
+        }
+        Some(set_aside)
     }
 }
 
@@ -83,9 +140,9 @@ where
     K: Clone,
 {
     let mut out = Comparison::default();
-    let keep_key = |v: &mut Vec<K>, k: &K| {
+    let keep_key = |v: &mut Vec<(DiffKind, K)>, kind: DiffKind, k: &K| {
         if v.len() < keep {
-            v.push(k.clone());
+            v.push((kind, k.clone()));
         }
     };
     let mut left = left.into_iter();
@@ -112,7 +169,7 @@ where
                 out.left_rows += 1;
                 out.missing += 1;
                 push(&mut out.first_missing, &lk);
-                keep_key(&mut out.differing_keys, &lk);
+                keep_key(&mut out.differing_keys, DiffKind::Missing, &lk);
                 last_l = Some(lk);
                 l = next_l()?;
             }
@@ -120,7 +177,7 @@ where
                 out.right_rows += 1;
                 out.extra += 1;
                 push(&mut out.first_extra, &rk);
-                keep_key(&mut out.differing_keys, &rk);
+                keep_key(&mut out.differing_keys, DiffKind::Extra, &rk);
                 last_r = Some(rk);
                 r = right.next().transpose().map_err(CompareError::Stream)?;
             }
@@ -129,7 +186,7 @@ where
                     out.left_rows += 1;
                     out.missing += 1;
                     push(&mut out.first_missing, &lk);
-                    keep_key(&mut out.differing_keys, &lk);
+                    keep_key(&mut out.differing_keys, DiffKind::Missing, &lk);
                     last_l = Some(lk);
                     l = next_l()?;
                     r = Some((rk, rv));
@@ -138,7 +195,7 @@ where
                     out.right_rows += 1;
                     out.extra += 1;
                     push(&mut out.first_extra, &rk);
-                    keep_key(&mut out.differing_keys, &rk);
+                    keep_key(&mut out.differing_keys, DiffKind::Extra, &rk);
                     last_r = Some(rk);
                     r = right.next().transpose().map_err(CompareError::Stream)?;
                     l = Some((lk, lv));
@@ -149,7 +206,7 @@ where
                     if !same(&lv, &rv) {
                         out.different += 1;
                         push(&mut out.first_different, &lk);
-                        keep_key(&mut out.differing_keys, &lk);
+                        keep_key(&mut out.differing_keys, DiffKind::Different, &lk);
                     }
                     last_l = Some(lk);
                     last_r = Some(rk);
@@ -177,6 +234,32 @@ mod tests {
     }
 
     #[test]
+    fn set_aside_corrects_counts_and_examples() {
+        let l = ok(vec![(1, "a"), (2, "b"), (4, "d"), (6, "f")]);
+        let r = ok(vec![(2, "b"), (3, "c"), (4, "X"), (5, "e")]);
+        let mut c =
+            compare_sorted_keeping(l, r, |a: &i32, b: &i32| a.cmp(b), |a, b| a == b, 10).unwrap();
+        assert_eq!((c.missing, c.extra, c.different), (2, 2, 1));
+        assert_eq!(c.set_aside(|k| *k == 1 || *k == 4), Some(2));
+        assert_eq!((c.missing, c.extra, c.different), (1, 2, 0));
+        assert_eq!(c.first_missing, vec![6]);
+        assert_eq!(c.first_extra, vec![3, 5]);
+        assert!(c.first_different.is_empty());
+        // With keys dropped by the cap, nothing can be set aside honestly.
+        let l = ok(vec![(1, "a"), (2, "b")]);
+        let mut c = compare_sorted_keeping(
+            l,
+            ok(vec![]),
+            |a: &i32, b: &i32| a.cmp(b),
+            |a: &&str, b: &&str| a == b,
+            1,
+        )
+        .unwrap();
+        assert_eq!(c.set_aside(|_| true), None);
+        assert_eq!(c.missing, 2);
+    }
+
+    #[test]
     fn finds_missing_extra_and_different() {
         let l = ok(vec![(1, "a"), (2, "b"), (4, "d"), (5, "e")]);
         let r = ok(vec![(2, "b"), (3, "c"), (4, "X"), (5, "e")]);
@@ -192,7 +275,11 @@ mod tests {
         let r = ok(vec![(2, "b"), (3, "c"), (4, "X"), (5, "e")]);
         let c =
             compare_sorted_keeping(l, r, |a: &i32, b: &i32| a.cmp(b), |a, b| a == b, 2).unwrap();
-        assert_eq!(c.differing_keys, vec![1, 3], "capped at 2, in key order");
+        assert_eq!(
+            c.differing_keys.iter().map(|(_, k)| *k).collect::<Vec<_>>(),
+            vec![1, 3],
+            "capped at 2, in key order"
+        );
     }
 
     #[test]

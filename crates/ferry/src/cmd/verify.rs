@@ -39,17 +39,15 @@ pub struct TableResult {
     pub target: String,
     pub comparison: Comparison<Vec<Value>>,
     pub map: Option<TableMap>,
-    /// Every differing key (missing, extra or different), up to [`MAX_DIFF_KEYS`].
-    pub differing: Vec<Vec<Value>>,
-    /// Differences whose keys changed in the log while verify read (live mode).
+    /// Differences whose keys changed in the log while verify read (live mode), already
+    /// taken out of the comparison's counts.
     pub in_flight: u64,
 }
 
 impl TableResult {
     /// Equal, once the differences in flight are set aside.
     pub fn is_equal(&self) -> bool {
-        let c = &self.comparison;
-        c.missing + c.extra + c.different == self.in_flight
+        self.comparison.is_equal()
     }
 }
 
@@ -76,17 +74,13 @@ pub fn keys_changed(
 /// Sets aside the differences whose keys are in `changed`.
 pub fn set_aside_in_flight(results: &mut [TableResult], changed: &ChangedKeys) {
     for r in results {
-        let total = r.comparison.missing + r.comparison.extra + r.comparison.different;
-        if total as usize > r.differing.len() {
-            // Too many differences to have kept every key: no claim about flight.
+        let Some(keys) = changed.get(&r.table) else {
             continue;
+        };
+        // Too many differences to have kept every key: no claim about flight (None).
+        if let Some(n) = r.comparison.set_aside(|k| keys.contains(k)) {
+            r.in_flight += n;
         }
-        let keys = changed.get(&r.table);
-        r.in_flight = r
-            .differing
-            .iter()
-            .filter(|k| keys.is_some_and(|set| set.contains(*k)))
-            .count() as u64;
     }
 }
 
@@ -190,7 +184,6 @@ pub fn verify_tables(
         let map = found
             .as_ref()
             .and_then(|ct| map_onto(&schema, ct, map_opts.keep_case, &mut problems));
-        let mut differing = Vec::new();
         let comparison = match &map {
             None => {
                 // The table (or its columns) is not in PostgreSQL: every row is missing.
@@ -198,8 +191,9 @@ pub fn verify_tables(
                 sqlite_read::for_each_row(&conn, t, |k, _| {
                     c.left_rows += 1;
                     c.missing += 1;
-                    if differing.len() < MAX_DIFF_KEYS {
-                        differing.push(k.clone());
+                    if c.differing_keys.len() < MAX_DIFF_KEYS {
+                        c.differing_keys
+                            .push((ferry_core::compare::DiffKind::Missing, k.clone()));
                     }
                     if c.first_missing.len() < ferry_core::compare::EXAMPLE_KEYS {
                         c.first_missing.push(k);
@@ -211,7 +205,7 @@ pub fn verify_tables(
                 }
                 c
             }
-            Some(map) => compare_table(rt, &client, &conn, t, map, &mut differing)?,
+            Some(map) => compare_table(rt, &client, &conn, t, map)?,
         };
         out.push(TableResult {
             table: t.name.clone(),
@@ -221,7 +215,6 @@ pub fn verify_tables(
             ),
             comparison,
             map,
-            differing,
             in_flight: 0,
         });
         progress.inc(1);
@@ -237,7 +230,6 @@ fn compare_table(
     conn: &rusqlite::Connection,
     t: &VerifyTable,
     map: &TableMap,
-    differing: &mut Vec<Vec<Value>>,
 ) -> anyhow::Result<Comparison<Vec<Value>>> {
     // PostgreSQL's pages from a scoped thread into a bounded channel; SQLite's rows read here
     // (a rusqlite connection cannot be shared between threads).
@@ -291,10 +283,7 @@ fn compare_table(
             MAX_DIFF_KEYS,
         );
         match result {
-            Ok(mut c) => {
-                differing.append(&mut c.differing_keys);
-                Ok(c)
-            }
+            Ok(c) => Ok(c),
             Err(ferry_core::compare::CompareError::Stream(e)) => Err(e),
             Err(e) => Err(anyhow::anyhow!("{e} in table {}", t.name)),
         }
