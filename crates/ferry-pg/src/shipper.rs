@@ -449,12 +449,19 @@ impl Shipper {
                     if end.is_some_and(|e| e == Lsn::ZERO) {
                         return Ok(());
                     }
-                    // Nothing logged yet: wait for the first record.
-                    let waited = read_source(source, Lsn::ZERO, 1, Duration::from_millis(500))?;
-                    if waited.is_empty() {
-                        return self.idle_until_stop(stop).await;
+                    // Nothing logged yet: wait for the first record (or a stop request).
+                    loop {
+                        if stop.is_some_and(|s| *s.borrow()) {
+                            return Ok(());
+                        }
+                        let wait = Duration::from_millis(200);
+                        let read_at = Instant::now();
+                        let waited = source.read_batch(Lsn::ZERO, 1, wait)?;
+                        if !waited.is_empty() {
+                            return Box::pin(self.session(source, stop, end)).await;
+                        }
+                        pause_while_idle(stop, wait.saturating_sub(read_at.elapsed())).await;
                     }
-                    return Box::pin(self.session(source, stop, end)).await;
                 };
                 self.begin_source(source, lsn, &rec, &log_id).await?
             }
@@ -472,13 +479,6 @@ impl Shipper {
         }
         self.update_status(|s| s.phase = "streaming".into());
         self.stream(source, stop, end).await
-    }
-
-    async fn idle_until_stop(&self, stop: Option<&watch::Receiver<bool>>) -> Result<(), PgError> {
-        match stop {
-            Some(s) if *s.borrow() => Ok(()),
-            _ => Ok(()),
-        }
     }
 
     /// Creates the progress rows (and in create mode, the tables) for a new source.
@@ -951,17 +951,21 @@ impl Shipper {
                         .batch_max_records
                         .saturating_sub(batch.len())
                         .max(1);
+                    let read_at = Instant::now();
                     let recs = read_source(source, last, want, remaining)?;
                     if recs.is_empty() {
                         if batch.is_empty() {
+                            // Idle. Give the runtime back before reading again: the task
+                            // that sets `stop` (or a future joined with this one) must
+                            // get to run, and a source that returns at once must not turn
+                            // this loop into a busy spin.
+                            pause_while_idle(stop, remaining.saturating_sub(read_at.elapsed()))
+                                .await;
                             if stop.is_some_and(|s| *s.borrow()) {
                                 return Ok(());
                             }
                             if end.is_some_and(|e| self.applied >= e) {
                                 return Ok(());
-                            }
-                            if end.is_some() && stop.is_none() {
-                                continue;
                             }
                             continue;
                         }
@@ -1163,6 +1167,32 @@ impl Shipper {
         Ok(counts)
     }
 }
+
+/// Waits up to `left` (at least one scheduler turn) or until `stop` changes: the idle
+/// step of the streaming loop, so that an idle shipper yields to the runtime.
+async fn pause_while_idle(stop: Option<&watch::Receiver<bool>>, left: Duration) {
+    let left = left.min(IDLE_PAUSE_MAX);
+    if left.is_zero() {
+        tokio::task::yield_now().await;
+        return;
+    }
+    match stop {
+        Some(s) => {
+            let mut s = s.clone();
+            // A closed channel means nobody can ask us to stop any more: just wait.
+            let _ = tokio::time::timeout(left, async {
+                if s.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            })
+            .await;
+        }
+        None => tokio::time::sleep(left).await,
+    }
+}
+
+/// Longest idle pause: bounds how stale a stop request or new record can be.
+const IDLE_PAUSE_MAX: Duration = Duration::from_millis(50);
 
 fn is_constraint(e: &PgError) -> bool {
     matches!(e.sqlstate(), Some("23505") | Some("23503") | Some("23P01"))

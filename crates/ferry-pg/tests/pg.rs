@@ -1247,3 +1247,117 @@ async fn run_until_stopped_with_sqlite_sequence_and_cutover() {
         "AUTOINCREMENT never reuses ids below sqlite_sequence"
     );
 }
+
+/// A log shared with a writer task: records appear while the shipper runs. `read_batch`
+/// honours `wait` the way the durable log does (it blocks until a record or the deadline).
+#[derive(Clone)]
+struct GrowingSource {
+    records: std::sync::Arc<(std::sync::Mutex<Vec<Record>>, std::sync::Condvar)>,
+}
+
+impl GrowingSource {
+    fn new() -> Self {
+        GrowingSource {
+            records: Default::default(),
+        }
+    }
+
+    fn push(&self, r: Record) -> Lsn {
+        let (m, cv) = &*self.records;
+        let mut v = m.lock().unwrap();
+        v.push(r);
+        cv.notify_all();
+        Lsn(v.len() as u64)
+    }
+}
+
+impl ferry_pg::RecordSource for GrowingSource {
+    fn log_id(&self) -> String {
+        LOG_ID.into()
+    }
+
+    fn read_batch(
+        &mut self,
+        after: Lsn,
+        max_records: usize,
+        wait: Duration,
+    ) -> Result<Vec<(Lsn, Record)>, ferry_pg::RecordSourceError> {
+        let (m, cv) = &*self.records;
+        let deadline = Instant::now() + wait;
+        let mut v = m.lock().unwrap();
+        while v.len() as u64 <= after.0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(vec![]);
+            }
+            v = cv.wait_timeout(v, left).unwrap().0;
+        }
+        Ok(v.iter()
+            .enumerate()
+            .skip(after.0 as usize)
+            .take(max_records)
+            .map(|(i, r)| (Lsn(i as u64 + 1), r.clone()))
+            .collect())
+    }
+}
+
+/// `run` on a log that is still empty waits for the first record instead of returning, and
+/// an idle shipper gives the runtime back: on a single-threaded runtime the writer and the
+/// stopper (joined in the same task) still run, and `run` returns once asked to stop, with
+/// every record applied — including trailing heartbeats, which advance `applied_lsn`.
+#[tokio::test(flavor = "current_thread")]
+async fn idle_shipper_on_a_growing_log_yields_and_stops_on_request() {
+    let db = TestDb::new().await;
+    let t = table("t", vec![col("id", "INTEGER", 1), col("v", "TEXT", 0)]);
+    let source = GrowingSource::new();
+    let mut shipper_source = source.clone();
+    let mut shipper = Shipper::new(PgTarget::parse(db.url()).unwrap(), opts("grow"))
+        .await
+        .unwrap();
+    let status = shipper.status_handle();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_for = |lsn: Lsn| {
+        let status = status.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while status.lock().unwrap().applied_lsn < lsn {
+                assert!(Instant::now() < deadline, "shipper did not reach {lsn}");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    let driver = async {
+        // Let the shipper find the log empty first.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(status.lock().unwrap().applied_lsn, Lsn::ZERO);
+        for r in snapshot(vec![t.clone()], vec![("t", vec![])]) {
+            source.push(r);
+        }
+        for i in 1..=3i64 {
+            let lsn = source.push(txn(vec![RowChange::insert(
+                "t",
+                vec![Value::Integer(i)],
+                vec![Value::Integer(i), Value::text(format!("v{i}"))],
+            )]));
+            wait_for(lsn).await;
+        }
+        let last = source.push(Record::Heartbeat(ferry_core::Heartbeat {
+            at: 1,
+            position: pos(),
+        }));
+        wait_for(last).await;
+        stop_tx.send(true).unwrap();
+        last
+    };
+    let (summary, last) = tokio::join!(shipper.run(&mut shipper_source, stop_rx), driver);
+    assert_eq!(summary.unwrap().applied_lsn, last);
+    let client = db.connect().await;
+    let p = read_progress(&client, "grow").await.unwrap().unwrap();
+    assert_eq!(p.lsn, last);
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 3);
+}
