@@ -128,9 +128,12 @@ impl Default for CaptureOptions {
     }
 }
 
-/// What a call to [`SqliteCapture::catch_up`] did.
+/// What a call to [`SqliteCapture::step`] or [`SqliteCapture::catch_up`] did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct CaptureStep {
+    /// Everything committed when the step last looked has been captured (false: the budget
+    /// ran out with more waiting).
+    pub caught_up: bool,
     pub snapshot_taken: bool,
     pub snapshot_rows: u64,
     pub transactions: u64,
@@ -311,8 +314,34 @@ impl SqliteCapture {
     }
 
     /// Takes the initial snapshot if the log has none yet, then captures everything committed
-    /// so far; returns what it did.
+    /// so far (repeating [`SqliteCapture::step`] until it is caught up); returns what it did.
+    ///
+    /// With a writer that outpaces capture this may not return for a long time: loops that
+    /// must stay responsive call `step` with a budget instead.
     pub fn catch_up(&mut self) -> Result<CaptureStep, CaptureError> {
+        let mut total = CaptureStep::default();
+        loop {
+            let s = self.step(Duration::from_millis(200))?;
+            total.snapshot_taken |= s.snapshot_taken;
+            total.snapshot_rows += s.snapshot_rows;
+            total.transactions += s.transactions;
+            total.rows += s.rows;
+            total.resynced |= s.resynced;
+            if s.caught_up {
+                total.caught_up = true;
+                return Ok(total);
+            }
+        }
+    }
+
+    /// Captures what is committed, but returns after about `budget` of work even if more is
+    /// waiting (`caught_up == false`). Everything a step logged is durable when it returns.
+    ///
+    /// The budget is checked between batches: one batch (at most `batch_bytes` of page
+    /// images) is never cut short, and the initial snapshot, when the log has none yet, is
+    /// taken whole by the first step.
+    pub fn step(&mut self, budget: Duration) -> Result<CaptureStep, CaptureError> {
+        let started = Instant::now();
         let mut step = CaptureStep::default();
         if self.shadow.state.is_none() {
             step.snapshot_rows = self.snapshot()?;
@@ -325,9 +354,17 @@ impl SqliteCapture {
             self.decoder = Some(Decoder::build(&pages).map_err(self.decode_err())?);
         }
         let before = self.stats.clone();
+        // Caught up means a poll found nothing new: a poll that found transactions is
+        // followed by another, because a writer may have committed more meanwhile (the
+        // fsyncs of a batch take long enough for that), and the next batch is then larger.
         loop {
+            let seen = self.stats.transactions;
             let more = self.poll_once()?;
-            if !more {
+            if !more && self.stats.transactions == seen {
+                step.caught_up = true;
+                break;
+            }
+            if started.elapsed() >= budget {
                 break;
             }
         }
@@ -338,37 +375,46 @@ impl SqliteCapture {
         Ok(step)
     }
 
-    /// Runs until `stop` is set (checked between polls): finishes the batch in hand, which is
-    /// durable when a poll returns, and returns.
+    /// Runs until `stop` is set (checked between steps of at most about 100 ms): finishes
+    /// the batch in hand, which is durable when a step returns, and returns.
     pub fn run(&mut self, stop: &AtomicBool) -> Result<(), CaptureError> {
-        self.catch_up()?;
         while !stop.load(Ordering::SeqCst) {
-            let more = self.poll_once()?;
-            if !more {
-                self.wait_for_change(stop);
+            let s = self.step(Duration::from_millis(100))?;
+            if s.caught_up {
+                self.wait_for_change(self.opts.poll_interval, stop);
             }
         }
         Ok(())
     }
 
-    fn wait_for_change(&mut self, stop: &AtomicBool) {
-        let deadline = Instant::now() + self.opts.poll_interval;
+    /// Waits up to `timeout` for a change: returns early on a file-notification hint (when
+    /// watching) or when `stop` is set. Events are hints only (writes to `-shm` raise none,
+    /// inotify merges events), so callers poll again after every wait whatever woke them.
+    pub fn wait_for_change(&mut self, timeout: Duration, stop: &AtomicBool) {
+        let deadline = Instant::now() + timeout;
         match &self.events {
             Some((_, rx)) => {
-                // Events are hints: drain them, then wait for the next or the deadline.
+                // Drain the hints that arrived before this wait: the step that precedes it
+                // has already seen their changes.
                 while rx.try_recv().is_ok() {}
-                while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-                    let slice = (deadline - Instant::now()).min(Duration::from_millis(20));
+                while !stop.load(Ordering::SeqCst) {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return;
+                    }
+                    let slice = (deadline - now).min(Duration::from_millis(20));
                     if rx.recv_timeout(slice).is_ok() {
                         return;
                     }
                 }
             }
             None => {
-                while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-                    std::thread::park_timeout(
-                        (deadline - Instant::now()).min(Duration::from_millis(10)),
-                    );
+                while !stop.load(Ordering::SeqCst) {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return;
+                    }
+                    std::thread::park_timeout((deadline - now).min(Duration::from_millis(10)));
                 }
             }
         }
