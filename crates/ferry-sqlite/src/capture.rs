@@ -89,6 +89,24 @@ pub enum CaptureError {
         "capture state in {dir} is locked by another process (is another ferry capturing this source?)"
     )]
     Locked { dir: PathBuf },
+    #[error(
+        "no base copy of {path} can be written yet: capture has not taken its initial snapshot (call step first)"
+    )]
+    NoSnapshotYet { path: PathBuf },
+}
+
+/// A consistent copy of the source database written by [`SqliteCapture::write_base`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BaseCopy {
+    /// The LSN of the last log record the copy reflects: the copy equals the fold of the log
+    /// up to and including this record.
+    pub lsn: Lsn,
+    /// That record's source position.
+    pub position: SourcePosition,
+    /// Size of the copy in bytes (page count × page size).
+    pub bytes: u64,
+    pub page_size: u32,
+    pub taken_at_micros: i64,
 }
 
 /// Options of one SQLite capture.
@@ -994,6 +1012,55 @@ impl SqliteCapture {
         res?;
         self.stats.rollback_polls += 1;
         Ok(false)
+    }
+
+    /// Writes a consistent copy of the database as of the last captured transaction (the
+    /// shadow: a valid SQLite file in rollback/DELETE journal mode, no `-wal` needed) to
+    /// `dest`, and returns the LSN of the last log record it reflects and that record's
+    /// source position.
+    ///
+    /// Durability and naming are handled here: the copy is written to `dest` with `.tmp`
+    /// appended (in the same directory), fsynced, renamed over `dest`, and the directory is
+    /// fsynced; `dest` therefore never holds a partial copy. Called between steps (it takes
+    /// `&mut self`), when the shadow's journal is empty and the shadow equals the log's
+    /// state at its LSN. Never touches the application's database.
+    pub fn write_base(&mut self, dest: &Path) -> Result<BaseCopy, CaptureError> {
+        let Some(state) = self.shadow.state else {
+            return Err(CaptureError::NoSnapshotYet {
+                path: self.db_path.clone(),
+            });
+        };
+        // The record the shadow's state names carries the exact position (a snapshot's is
+        // marked as read from the file); other records appended to the log by its owner
+        // after it do not change the tables.
+        let position = match self.sink.record_at(state.lsn)? {
+            Some(Record::Transaction(t)) => t.position,
+            Some(Record::SnapshotEnd(e)) => e.position,
+            _ => state.point.position(false),
+        };
+        let mut tmp = dest.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let out = File::create(&tmp).map_err(self.io_err(&tmp))?;
+        let bytes = self.shadow.copy_to(&out, &tmp)?;
+        out.set_len(bytes).map_err(self.io_err(&tmp))?;
+        out.sync_all().map_err(self.io_err(&tmp))?;
+        drop(out);
+        std::fs::rename(&tmp, dest).map_err(self.io_err(dest))?;
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(self.io_err(dir))?;
+        Ok(BaseCopy {
+            lsn: state.lsn,
+            position,
+            bytes,
+            page_size: state.page_size,
+            taken_at_micros: now_micros(),
+        })
     }
 
     /// Keeps the WAL bounded. Readers held just behind a sustained writer keep SQLite from

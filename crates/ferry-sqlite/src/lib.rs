@@ -16,5 +16,7 @@ pub mod shadow;
 pub mod sink;
 pub mod wal_tail;
 
-pub use capture::{CaptureError, CaptureOptions, CaptureStats, CaptureStep, SqliteCapture};
+pub use capture::{
+    BaseCopy, CaptureError, CaptureOptions, CaptureStats, CaptureStep, SqliteCapture,
+};
 pub use sink::{RecordFile, RecordSink, SinkError};

@@ -325,6 +325,36 @@ impl Shadow {
         Ok(())
     }
 
+    /// Copies the shadow's pages (exactly its state's page count) into `out` and returns the
+    /// bytes written. The copy is a database file in rollback (DELETE) journal mode: when the
+    /// header's file-format versions (bytes 18 and 19) say WAL (2), they are written as 1, so
+    /// the copy opens without a `-wal` file. The caller owns `out`'s durability and naming.
+    pub fn copy_to(&self, out: &File, out_path: &Path) -> Result<u64, ShadowError> {
+        let st = self.state.ok_or_else(|| ShadowError::Corrupt {
+            path: self.dir.join("shadow.state"),
+            problem: "no state to copy".into(),
+        })?;
+        let total = u64::from(st.point.db_pages) * u64::from(st.page_size);
+        let chunk = (1u64 << 20).max(u64::from(st.page_size)) as usize;
+        let mut buf = vec![0u8; chunk];
+        let mut off = 0u64;
+        while off < total {
+            let n = ((total - off) as usize).min(chunk);
+            let b = &mut buf[..n];
+            read_full_at(&self.db, b, off).map_err(self.io(&self.db_path))?;
+            if off == 0 && n >= 20 {
+                for v in &mut b[18..20] {
+                    if *v == 2 {
+                        *v = 1;
+                    }
+                }
+            }
+            out.write_all_at(b, off).map_err(self.io(out_path))?;
+            off += n as u64;
+        }
+        Ok(total)
+    }
+
     /// Writes a whole page into the shadow file (snapshot copy), without moving the state.
     pub fn write_page(
         &mut self,

@@ -97,7 +97,22 @@ fn to_value(v: rusqlite::types::ValueRef<'_>) -> Value {
 
 /// Asserts that the log, folded, equals `SELECT *` of every captured table.
 pub fn assert_fold_matches(log_path: &Path, db: &Path) {
-    let fold = fold(log_path);
+    assert_fold_equals_db(&fold(log_path), db);
+}
+
+/// Folds `records` in order.
+pub fn fold_of<'a>(records: impl IntoIterator<Item = &'a Record>) -> Fold {
+    let mut fold = Fold::new();
+    for (i, r) in records.into_iter().enumerate() {
+        if let Err(e) = fold.apply(r) {
+            panic!("fold failed at record {}: {e}\nrecord: {r:?}", i + 1);
+        }
+    }
+    fold
+}
+
+/// Asserts that `fold` equals `SELECT *` of every captured table of `db`.
+pub fn assert_fold_equals_db(fold: &Fold, db: &Path) {
     let c = Connection::open(db).unwrap();
     let mut names: Vec<String> = c
         .prepare("SELECT name FROM sqlite_schema WHERE type='table' AND sql NOT LIKE 'CREATE VIRTUAL%' AND (name NOT LIKE 'sqlite_%' OR name = 'sqlite_sequence')")
