@@ -534,6 +534,22 @@ impl Shipper {
                     return Err(PgError::SchemaMismatch { problems });
                 }
                 check_name_collisions(&maps)?;
+                for key in self.opts.type_overrides.keys() {
+                    let matched = maps.values().any(|m| {
+                        m.source.columns.iter().any(|c| {
+                            format!("{}.{}", m.source.name, c.name).eq_ignore_ascii_case(key)
+                        })
+                    });
+                    if !matched {
+                        notices.push(MapNotice {
+                            table: key.split('.').next().unwrap_or_default().to_string(),
+                            column: None,
+                            message: format!(
+                                "type override {key:?} matches no column of a shipped table (write it as \"table.column\" with SQLite's names); ignored"
+                            ),
+                        });
+                    }
+                }
                 let client = client_of(&mut self.client)?;
                 let tx = client
                     .transaction()

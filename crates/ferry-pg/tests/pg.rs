@@ -1361,3 +1361,182 @@ async fn idle_shipper_on_a_growing_log_yields_and_stops_on_request() {
         .get(0);
     assert_eq!(n, 3);
 }
+
+/// The naming policy (lower-case unless quoting is needed, or `keep_case`), schema and
+/// prefix, include/exclude lists, per-column type overrides, and the widening warning when a
+/// column holds values its declared type cannot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_filters_overrides_and_widening() {
+    let db = TestDb::new().await;
+    let accounts = table(
+        "UserAccounts",
+        vec![
+            col("id", "INTEGER", 1),
+            col("Display Name", "TEXT", 0),
+            col("Score", "INTEGER", 0),
+            col("Meta", "TEXT", 0),
+            col("Created", "DATETIME", 0),
+        ],
+    );
+    let items = table(
+        "Order Items",
+        vec![col("id", "INTEGER", 1), col("qty", "INTEGER", 0)],
+    );
+    let secret = table("Secret", vec![col("id", "INTEGER", 1)]);
+    let logs = table("Logs", vec![col("id", "INTEGER", 1)]);
+    let acc = |id: i64, score: Value| SnapshotRow {
+        rowid: Some(id),
+        values: vec![
+            Value::Integer(id),
+            Value::text(format!("Name {id}")),
+            score,
+            Value::text(r#"{"a": [1, 2]}"#),
+            Value::text("2024-05-06 07:08:09"),
+        ],
+    };
+    let one = |id: i64| SnapshotRow {
+        rowid: Some(id),
+        values: vec![Value::Integer(id)],
+    };
+    let mut records = snapshot(
+        vec![
+            accounts.clone(),
+            items.clone(),
+            secret.clone(),
+            logs.clone(),
+        ],
+        vec![
+            (
+                "UserAccounts",
+                vec![acc(1, Value::Integer(10)), acc(2, Value::text("n/a"))],
+            ),
+            (
+                "Order Items",
+                vec![SnapshotRow {
+                    rowid: Some(1),
+                    values: vec![Value::Integer(1), Value::Integer(3)],
+                }],
+            ),
+            ("Secret", vec![one(1)]),
+            ("Logs", vec![one(1)]),
+        ],
+    );
+    records.push(txn(vec![
+        RowChange::insert("Secret", vec![Value::Integer(2)], vec![Value::Integer(2)]),
+        RowChange::insert("Logs", vec![Value::Integer(2)], vec![Value::Integer(2)]),
+        RowChange::insert(
+            "Order Items",
+            vec![Value::Integer(2)],
+            vec![Value::Integer(2), Value::Integer(5)],
+        ),
+    ]));
+    let mut o = opts("names");
+    o.include = vec!["useraccounts".into(), "ORDER ITEMS".into(), "secret".into()];
+    o.exclude = vec!["SECRET".into()];
+    o.type_overrides
+        .insert("useraccounts.META".into(), "jsonb".into());
+    o.type_overrides
+        .insert("useraccounts.nope".into(), "text".into());
+    let shipper = ship_all(db.url(), records.clone(), o).await.unwrap();
+    let client = db.connect().await;
+    let tables: Vec<String> = client
+        .query(
+            "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        tables,
+        vec!["Order Items".to_string(), "useraccounts".into()]
+    );
+    let columns = |schema: &'static str, table: &'static str| {
+        let client = &client;
+        async move {
+            client
+                .query(
+                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+                     WHERE attrelid = format('%I.%I', $1::text, $2::text)::regclass
+                       AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                    &[&schema, &table],
+                )
+                .await
+                .unwrap()
+                .iter()
+                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+                .collect::<Vec<_>>()
+        }
+    };
+    let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+    assert_eq!(
+        columns("public", "useraccounts").await,
+        vec![
+            s("id", "bigint"),
+            s("Display Name", "text"),
+            s("score", "text"),
+            s("meta", "jsonb"),
+            s("created", "timestamp without time zone"),
+        ]
+    );
+    let n: i64 = client
+        .query_one("SELECT count(*) FROM \"Order Items\"", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2, "the streamed row of an included table arrives");
+    let (score, meta): (String, serde_json::Value) = client
+        .query_one("SELECT score, meta FROM useraccounts WHERE id = 2", &[])
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(score, "n/a");
+    assert_eq!(meta, serde_json::json!({"a": [1, 2]}));
+    let notices = shipper.status().notices;
+    assert!(
+        notices.iter().any(|n| n.contains("\"UserAccounts\"")
+            && n.contains("\"Score\"")
+            && n.contains("widened to text")),
+        "no widening notice: {notices:?}"
+    );
+    assert!(
+        notices
+            .iter()
+            .any(|n| n.contains("useraccounts.nope") && n.contains("matches no column")),
+        "no notice about the override that matches nothing: {notices:?}"
+    );
+
+    // keep_case, another schema and a prefix, same log under another source id.
+    let mut o = opts("kept");
+    o.keep_case = true;
+    o.schema = "App".into();
+    o.table_prefix = "old_".into();
+    o.include = vec!["useraccounts".into()];
+    ship_all(db.url(), records.clone(), o).await.unwrap();
+    let cols: Vec<String> = columns("App", "old_UserAccounts")
+        .await
+        .into_iter()
+        .map(|(n, _)| n)
+        .collect();
+    assert_eq!(cols, vec!["id", "Display Name", "Score", "Meta", "Created"]);
+
+    // Two SQLite names landing on one PostgreSQL name: an error naming both.
+    let clash = snapshot(
+        vec![
+            table("Users", vec![col("id", "INTEGER", 1)]),
+            table("users", vec![col("id", "INTEGER", 1)]),
+        ],
+        vec![],
+    );
+    let err = ship_all(db.url(), clash, opts("clash"))
+        .await
+        .err()
+        .expect("a clash must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("\"Users\"") && msg.contains("\"users\"") && msg.contains("keep_case"),
+        "{msg}"
+    );
+}
