@@ -36,7 +36,7 @@ use crate::ident::{qualified, quote_ident};
 use crate::mapping::{self, IndexDef, MapNotice, MapOptions, TableMap};
 use crate::progress::{self, NewProgress, Progress, SourceState, TableState};
 use crate::source::RecordSource;
-use crate::status::{ShipStats, ShipStatus, ShipSummary, TableStatus};
+use crate::status::{LoadProgress, ShipStats, ShipStatus, ShipSummary, TableStatus};
 use crate::target::PgTarget;
 use crate::types::ColumnProfile;
 use ferry_core::{
@@ -202,6 +202,9 @@ pub struct Shipper {
 
 const MAX_NOTICES: usize = 200;
 
+/// How often the initial load logs where it is.
+const LOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
 impl Shipper {
     /// Connects (waiting for a starting server) and makes sure `ferry.progress` exists.
     pub async fn new(target: PgTarget, opts: ShipOptions) -> Result<Shipper, PgError> {
@@ -272,6 +275,39 @@ impl Shipper {
     fn update_status(&self, f: impl FnOnce(&mut ShipStatus)) {
         if let Ok(mut s) = self.status.lock() {
             f(&mut s);
+        }
+    }
+
+    /// Starts a step of the initial load's progress.
+    fn load_step(&self, step: &str, rows_total: u64, tables_total: usize) {
+        self.update_status(|s| {
+            s.load = Some(LoadProgress {
+                step: step.into(),
+                rows_total,
+                rows_done: 0,
+                tables_total,
+                tables_started: 0,
+                step_started: Some(Instant::now()),
+            })
+        });
+    }
+
+    /// Counts rows into the current load step; every `LOAD_LOG_INTERVAL` a log line says
+    /// where the load is (what a terminal-less run shows instead of a bar).
+    fn load_rows(&self, rows: u64, table_started: bool, last_log: &mut Instant) {
+        let mut line = None;
+        self.update_status(|s| {
+            if let Some(l) = s.load.as_mut() {
+                l.rows_done += rows;
+                l.tables_started += usize::from(table_started);
+                if last_log.elapsed() >= LOAD_LOG_INTERVAL {
+                    line = Some(l.line());
+                }
+            }
+        });
+        if let Some(line) = line {
+            *last_log = Instant::now();
+            tracing::info!(source = %self.opts.source_id, "initial load: {line}");
         }
     }
 
@@ -650,6 +686,14 @@ impl Shipper {
         }
         let schemas: BTreeMap<&str, &TableSchema> =
             begin.tables.iter().map(|t| (t.name.as_str(), t)).collect();
+        let shipped = begin
+            .tables
+            .iter()
+            .filter(|t| self.opts.includes(&t.name))
+            .count();
+        self.load_step("profiling", 0, shipped);
+        let mut last_log = Instant::now();
+        let mut last_table = String::new();
         let mut after = begin_lsn;
         loop {
             let recs = read_source(source, after, 1024, Duration::from_secs(1))?;
@@ -661,6 +705,15 @@ impl Shipper {
             }
             for (lsn, rec) in recs {
                 after = lsn;
+                if let Record::SnapshotRows(rows) = &rec
+                    && self.opts.includes(&rows.table)
+                {
+                    let new_table = rows.table != last_table;
+                    if new_table {
+                        last_table.clone_from(&rows.table);
+                    }
+                    self.load_rows(rows.rows.len() as u64, new_table, &mut last_log);
+                }
                 match rec {
                     Record::SnapshotRows(rows) if profile => {
                         let (Some(p), Some(schema)) = (
@@ -771,6 +824,26 @@ impl Shipper {
         )
         .await?;
         let mut load = load;
+        // The snapshot's own row counts give the bar its total.
+        let rows_total = match read_source(source, Lsn(end.0 - 1), 1, Duration::from_secs(1))?
+            .into_iter()
+            .next()
+        {
+            Some((_, Record::SnapshotEnd(e))) => e
+                .row_counts
+                .iter()
+                .filter(|(t, _)| states.get(t) == Some(&TableState::Loading))
+                .map(|(_, n)| n)
+                .sum(),
+            _ => 0,
+        };
+        let to_load = states
+            .values()
+            .filter(|s| **s == TableState::Loading)
+            .count();
+        self.load_step("copying", rows_total, to_load);
+        let mut last_log = Instant::now();
+        let mut last_table = String::new();
         let mut after = begin;
         let mut begin_record: Option<SnapshotBegin> = None;
         let mut row_counts: Vec<(String, u64)> = Vec::new();
@@ -804,7 +877,13 @@ impl Shipper {
                         if states.get(&rows.table) != Some(&TableState::Loading) {
                             continue;
                         }
+                        let n = rows.rows.len() as u64;
+                        let new_table = rows.table != last_table;
+                        if new_table {
+                            last_table.clone_from(&rows.table);
+                        }
                         load.send(map, rows.rows, lsn).await?;
+                        self.load_rows(n, new_table, &mut last_log);
                     }
                     Record::SnapshotEnd(e) => row_counts = e.row_counts,
                     _ => {}
@@ -828,8 +907,29 @@ impl Shipper {
             self.notice(n);
         }
         let total: u64 = loaded.rows.values().sum();
-        self.update_status(|s| s.stats.rows_loaded += total);
-        self.finish_load(begin_record.as_ref(), end).await
+        self.update_status(|s| {
+            s.stats.rows_loaded += total;
+            for t in &mut s.tables {
+                if let Some(n) = loaded.rows.get(&t.source_table) {
+                    t.rows_loaded = *n;
+                    t.state = TableState::Loaded;
+                }
+            }
+        });
+        tracing::info!(source = %self.opts.source_id, rows = total, "initial load: rows copied; adding constraints, indexes and foreign keys");
+        // Indexing keeps the copy's counts: the bar stays full while constraints build.
+        self.update_status(|s| {
+            if let Some(l) = s.load.as_mut() {
+                l.step = "indexing".into();
+            }
+        });
+        self.finish_load(begin_record.as_ref(), end).await?;
+        self.update_status(|s| {
+            if let Some(l) = s.load.as_mut() {
+                l.step = "done".into();
+            }
+        });
+        Ok(())
     }
 
     /// After the data: constraints and indexes (create mode), sequences, state streaming.

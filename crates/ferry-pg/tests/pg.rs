@@ -1540,3 +1540,111 @@ async fn names_filters_overrides_and_widening() {
         "{msg}"
     );
 }
+
+/// The initial load reports its progress (for the binary's bar and log lines): steps in
+/// order, rows never past the snapshot's total and never going back within a step, and at
+/// the end every row and table counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initial_load_reports_progress() {
+    let db = TestDb::new().await;
+    let tables: Vec<TableSchema> = (0..3)
+        .map(|i| {
+            table(
+                &format!("t{i}"),
+                vec![col("id", "INTEGER", 1), col("v", "TEXT", 0)],
+            )
+        })
+        .collect();
+    let per_table = 20_000i64;
+    let rows: Vec<(String, Vec<SnapshotRow>)> = tables
+        .iter()
+        .map(|t| {
+            (
+                t.name.clone(),
+                (1..=per_table)
+                    .map(|id| SnapshotRow {
+                        rowid: Some(id),
+                        values: vec![Value::Integer(id), Value::text(format!("row {id}"))],
+                    })
+                    .collect(),
+            )
+        })
+        .collect();
+    // Split each table's rows into several records, as the capture does.
+    let mut records = snapshot(tables.clone(), vec![]);
+    let end = records.pop().unwrap();
+    for (t, r) in &rows {
+        for chunk in r.chunks(1000) {
+            records.push(Record::SnapshotRows(SnapshotRows {
+                table: t.clone(),
+                rows: chunk.to_vec(),
+            }));
+        }
+    }
+    let Record::SnapshotEnd(mut end) = end else {
+        unreachable!()
+    };
+    end.row_counts = rows
+        .iter()
+        .map(|(t, r)| (t.clone(), r.len() as u64))
+        .collect();
+    records.push(Record::SnapshotEnd(end));
+    let total = (per_table * 3) as u64;
+    let mut source = VecRecordSource::new(LOG_ID, records);
+    let last = source.last_lsn();
+    let mut shipper = Shipper::new(PgTarget::parse(db.url()).unwrap(), opts("bar"))
+        .await
+        .unwrap();
+    let status = shipper.status_handle();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut seen: Vec<(String, u64)> = Vec::new();
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(l) = status.lock().unwrap().load.clone() {
+                    if l.rows_total > 0 {
+                        assert!(l.rows_done <= l.rows_total, "{l:?}");
+                    }
+                    seen.push((l.step, l.rows_done));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            seen
+        })
+    };
+    shipper
+        .run_until_caught_up(&mut source, last)
+        .await
+        .unwrap();
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    let seen = watcher.await.unwrap();
+    let order = ["profiling", "copying", "indexing", "done"];
+    for w in seen.windows(2) {
+        let (a, b) = (&w[0], &w[1]);
+        let (ia, ib) = (
+            order.iter().position(|s| *s == a.0).unwrap(),
+            order.iter().position(|s| *s == b.0).unwrap(),
+        );
+        assert!(ia <= ib, "steps went back: {a:?} then {b:?}");
+        if ia == ib {
+            assert!(a.1 <= b.1, "rows went back within a step: {a:?} then {b:?}");
+        }
+    }
+    let st = shipper.status();
+    let l = st.load.clone().expect("no load progress");
+    assert_eq!(l.step, "done");
+    assert_eq!(st.stats.rows_loaded, total);
+    assert!(
+        st.tables.iter().all(|t| t.rows_loaded == per_table as u64),
+        "{:?}",
+        st.tables
+    );
+    // The copy counted every row and table against the snapshot's total.
+    assert_eq!((l.rows_done, l.rows_total), (total, total), "{l:?}");
+    assert_eq!((l.tables_started, l.tables_total), (3, 3), "{l:?}");
+    assert!(
+        seen.iter().any(|(s, _)| s == "copying"),
+        "the copy step was never seen"
+    );
+}
