@@ -16,7 +16,10 @@ use ferry_pg::{PgTarget, RecordSource, RecordSourceError, ShipOptions, Shipper, 
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::time::{Duration, Instant};
 
+/// A snapshot record holds at most this many rows, or this many bytes of values (as the
+/// capture chunks its snapshot): large rows make small records, so memory stays bounded.
 const CHUNK: usize = 2000;
+const CHUNK_BYTES: usize = 1 << 20;
 
 fn schemas(conn: &rusqlite::Connection) -> rusqlite::Result<(Vec<TableSchema>, Vec<SchemaRow>)> {
     let mut rows_stmt = conn.prepare(
@@ -204,23 +207,26 @@ impl SqliteSnapshotSource {
                 };
                 let Ok(mut rows) = st.query([]) else { return };
                 let mut chunk = Vec::with_capacity(CHUNK);
+                let mut chunk_bytes = 0usize;
                 let mut n = 0u64;
                 while let Ok(Some(r)) = rows.next() {
                     let rid = r.get::<_, Option<i64>>(0).ok().flatten();
-                    let values = (1..=t.columns.len())
+                    let values: Vec<Value> = (1..=t.columns.len())
                         .map(|i| r.get_ref(i).map(value).unwrap_or(Value::Null))
                         .collect();
+                    chunk_bytes += values.iter().map(Value::approx_size).sum::<usize>();
                     chunk.push(SnapshotRow { rowid: rid, values });
                     n += 1;
-                    if chunk.len() == CHUNK
-                        && tx
-                            .send(Record::SnapshotRows(SnapshotRows {
-                                table: t.name.clone(),
-                                rows: std::mem::take(&mut chunk),
-                            }))
-                            .is_err()
-                    {
-                        return;
+                    if chunk.len() == CHUNK || chunk_bytes >= CHUNK_BYTES {
+                        chunk_bytes = 0;
+                        let rows = std::mem::take(&mut chunk);
+                        let rec = Record::SnapshotRows(SnapshotRows {
+                            table: t.name.clone(),
+                            rows,
+                        });
+                        if tx.send(rec).is_err() {
+                            return;
+                        }
                     }
                 }
                 if !chunk.is_empty()
@@ -311,23 +317,32 @@ async fn load(path: &str, url: &str, profile: bool) -> Result<(), Box<dyn std::e
         ..ShipOptions::default()
     };
     let mut shipper = Shipper::new(PgTarget::parse(url)?, opts).await?;
-    // Caught up = the snapshot is loaded and the source is streaming at its end.
-    let mut probe = SqliteSnapshotSource {
-        path: path.into(),
-        tables: source.tables.clone(),
-        schema_rows: source.schema_rows.clone(),
-        next: Lsn(1),
-        rx: None,
-    };
-    let mut end = Lsn::ZERO;
-    loop {
-        let b = probe.read_batch(end, 4096, Duration::ZERO)?;
-        if b.is_empty() {
-            break;
+    // Done = the snapshot is loaded and the shipper streams at its end; the source has
+    // nothing after the snapshot, so stop then.
+    let status = shipper.status_handle();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let watcher = tokio::spawn(async move {
+        let mut last_line = Instant::now();
+        loop {
+            let (phase, load) = match status.lock() {
+                Ok(s) => (s.phase.clone(), s.load.clone()),
+                Err(_) => break,
+            };
+            if phase == "streaming" || phase == "failed" || phase == "stopped" {
+                break;
+            }
+            if let Some(l) = load
+                && last_line.elapsed() >= Duration::from_secs(2)
+            {
+                eprintln!("  {}", l.line());
+                last_line = Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        end = b.last().map(|(l, _)| *l).unwrap_or(end);
-    }
-    let summary = shipper.run_until_caught_up(&mut source, end).await?;
+        let _ = stop_tx.send(true);
+    });
+    let summary = shipper.run(&mut source, stop_rx).await?;
+    watcher.await?;
     let secs = started.elapsed().as_secs_f64();
     println!(
         "ferry load: {} rows in {:.2} s ({:.0} rows/s), peak RSS {} MiB",

@@ -91,7 +91,9 @@ pub(crate) struct StagedSql {
     pub delete_all: String,
     pub upsert: String,
     pub insert: String,
-    pub count_existing: String,
+    /// Rows already in the target with a staged key: (all, differing from the staged row,
+    /// up to 20 differing keys described as `(id=1)`).
+    pub existing_summary: String,
     pub types: Vec<Type>,
 }
 
@@ -199,13 +201,63 @@ pub(crate) fn staged_sql(map: &TableMap) -> StagedSql {
         ),
         upsert: format!("{insert_head} {on_conflict}"),
         insert: insert_head,
-        count_existing: format!(
-            "SELECT count(*) FROM {} t JOIN pg_temp.{stage} s ON s._op = 1 AND {}",
-            map.qualified(),
-            key_match.join(" AND ")
-        ),
+        existing_summary: existing_summary_sql(map, &stage, &key_match),
         types,
     }
+}
+
+/// A query over the target and its staging table: how many staged rows already exist, how
+/// many of those differ from the staged row (what a load really replaces), and the first
+/// differing keys, spelled like [`TableMap::describe_key`]. Types without an equality
+/// operator (json, unknown types) compare by their text.
+fn existing_summary_sql(map: &TableMap, stage: &str, key_match: &[String]) -> String {
+    let side = |i: usize, c: &crate::mapping::ColumnMap| -> (String, String) {
+        let t = format!("t.{}", quote_ident(&c.target));
+        match c.pg_type {
+            PgType::Json | PgType::Other(_) => (
+                format!("{t}::text"),
+                format!("{}::text", cast_expr(i, &c.pg_type)),
+            ),
+            _ => (t, cast_expr(i, &c.pg_type)),
+        }
+    };
+    let (left, right): (Vec<String>, Vec<String>) = map
+        .columns
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !map.key.contains(i))
+        .map(|(i, c)| side(i, c))
+        .unzip();
+    let differs = if left.is_empty() {
+        "false".to_string()
+    } else {
+        format!(
+            "ROW({}, NULL) IS DISTINCT FROM ROW({}, NULL)",
+            left.join(", "),
+            right.join(", ")
+        )
+    };
+    let key_text: Vec<String> = map
+        .key
+        .iter()
+        .map(|&k| {
+            let c = &map.columns[k];
+            format!(
+                "{} || coalesce(t.{}::text, 'NULL')",
+                crate::mapping::quote_literal(&format!("{}=", c.source_name)),
+                quote_ident(&c.target)
+            )
+        })
+        .collect();
+    format!(
+        "SELECT count(*), count(*) FILTER (WHERE d), \
+                coalesce((array_agg(k ORDER BY k) FILTER (WHERE d))[1:20], '{{}}'::text[]) \
+         FROM (SELECT {differs} AS d, '(' || concat_ws(', ', {}) || ')' AS k \
+               FROM {} t JOIN pg_temp.{stage} s ON s._op = 1 AND {}) x",
+        key_text.join(", "),
+        map.qualified(),
+        key_match.join(" AND ")
+    )
 }
 
 /// Converts one row for the staging table: `_op`, then every target column. Deletes carry

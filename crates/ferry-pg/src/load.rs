@@ -31,14 +31,25 @@ use tokio_postgres::binary_copy::BinaryCopyInWriter;
 
 const CHANNEL_CHUNKS: usize = 4;
 
-type WorkerResult = Result<(String, u64, u64), PgError>;
+type WorkerResult = Result<(String, u64, Replaced), PgError>;
+
+/// Rows the application had already put in a table that the load met by key.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Replaced {
+    /// Rows equal to SQLite's: kept as they were.
+    pub identical: u64,
+    /// Rows that differed: replaced by SQLite's.
+    pub differing: u64,
+    /// The first differing keys, as `(id=1)`.
+    pub keys: Vec<String>,
+}
 
 pub(crate) struct Loader {
     pool_tx: mpsc::Sender<Client>,
     pool_rx: mpsc::Receiver<Client>,
     current: Option<(String, mpsc::Sender<SnapshotChunk>)>,
     handles: Vec<JoinHandle<WorkerResult>>,
-    done: Vec<(String, u64, u64)>,
+    done: Vec<(String, u64, Replaced)>,
     started: BTreeSet<String>,
     source_id: String,
     mode: TargetMode,
@@ -166,9 +177,21 @@ impl Loader {
         for r in results {
             match r {
                 Ok((table, n, replaced)) => {
-                    if replaced > 0 {
+                    if replaced.differing > 0 {
+                        let more = replaced
+                            .differing
+                            .saturating_sub(replaced.keys.len() as u64);
                         notices.push(format!(
-                            "table {table:?}: {replaced} rows the application had already inserted in PostgreSQL were replaced by SQLite's rows with the same key"
+                            "table {table:?}: {} rows the application had already inserted in PostgreSQL were replaced by SQLite's rows with the same key: {}{}",
+                            replaced.differing,
+                            replaced.keys.join(", "),
+                            if more > 0 { format!(" and {more} more") } else { String::new() }
+                        ));
+                    }
+                    if replaced.identical > 0 {
+                        notices.push(format!(
+                            "table {table:?}: {} rows already in PostgreSQL were identical to SQLite's and kept",
+                            replaced.identical
                         ));
                     }
                     rows.insert(table, n);
@@ -218,7 +241,7 @@ async fn load_table_in(
     source_id: &str,
     mode: TargetMode,
     lsn: Lsn,
-) -> Result<(u64, u64), PgError> {
+) -> Result<(u64, Replaced), PgError> {
     let q = map.qualified();
     let direct = (mode == TargetMode::Create || map.target_schema == "ferry")
         && !map
@@ -287,14 +310,19 @@ async fn load_table_in(
         .finish()
         .await
         .map_err(|e| PgError::pg(format!("finishing COPY into {q}"), e))?;
-    let mut replaced = 0u64;
+    let mut replaced = Replaced::default();
     if let Some(s) = &staged {
-        let existing: i64 = tx
-            .query_one(&s.count_existing, &[])
+        let row = tx
+            .query_one(&s.existing_summary, &[])
             .await
-            .map_err(|e| PgError::pg(format!("counting existing rows of {q}"), e))?
-            .get(0);
-        replaced = u64::try_from(existing).unwrap_or(0);
+            .map_err(|e| PgError::pg(format!("comparing with the rows already in {q}"), e))?;
+        let (existing, differing, keys): (i64, i64, Vec<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        replaced = Replaced {
+            identical: u64::try_from(existing - differing).unwrap_or(0),
+            differing: u64::try_from(differing).unwrap_or(0),
+            keys,
+        };
         tx.execute(&s.upsert, &[])
             .await
             .map_err(|e| PgError::pg(format!("loading rows into {q}"), e))?;
@@ -304,7 +332,7 @@ async fn load_table_in(
         source_id,
         &map.source.name,
         i64::try_from(n).unwrap_or(i64::MAX),
-        i64::try_from(replaced).unwrap_or(i64::MAX),
+        i64::try_from(replaced.differing).unwrap_or(i64::MAX),
     )
     .await?;
     tx.commit()

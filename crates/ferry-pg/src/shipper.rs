@@ -198,15 +198,23 @@ pub struct Shipper {
     order: Vec<String>,
     applied: Lsn,
     status: Arc<Mutex<ShipStatus>>,
+    /// Row counts of the snapshot's `SnapshotEnd`, seen by the profile pass.
+    snapshot_row_counts: Option<Vec<(String, u64)>>,
 }
 
 const MAX_NOTICES: usize = 200;
+
+/// Snapshot records read at a time by the load's two passes: each holds up to a few
+/// thousand rows, so this (with the loader's channels) bounds the load's memory.
+const SNAPSHOT_READ_RECORDS: usize = 8;
 
 /// How often the initial load logs where it is.
 const LOAD_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Shipper {
     /// Connects (waiting for a starting server) and makes sure `ferry.progress` exists.
+    /// Failed authentication, a missing database or an unreachable host are errors here; a
+    /// connection lost during setup is retried by `run`.
     pub async fn new(target: PgTarget, opts: ShipOptions) -> Result<Shipper, PgError> {
         let mut target = target;
         target.set_application_name(&format!("ferry-ship:{}", opts.source_id));
@@ -218,12 +226,23 @@ impl Shipper {
             maps: BTreeMap::new(),
             order: Vec::new(),
             applied: Lsn::ZERO,
+            snapshot_row_counts: None,
             status: Arc::new(Mutex::new(ShipStatus {
                 phase: "starting".into(),
                 ..ShipStatus::default()
             })),
         };
-        s.connect().await?;
+        match s.connect().await {
+            Ok(()) => {}
+            // A connection lost while setting up (a restart, a COMMIT whose answer never
+            // came) is retried by `run` like any other; bad credentials or a missing
+            // database fail here, at once.
+            Err(e) if e.is_transient() => {
+                tracing::warn!(source = %s.opts.source_id, "PostgreSQL failure while connecting, will retry: {e}");
+                s.client = None;
+            }
+            Err(e) => return Err(e),
+        }
         Ok(s)
     }
 
@@ -696,7 +715,7 @@ impl Shipper {
         let mut last_table = String::new();
         let mut after = begin_lsn;
         loop {
-            let recs = read_source(source, after, 1024, Duration::from_secs(1))?;
+            let recs = read_source(source, after, SNAPSHOT_READ_RECORDS, Duration::from_secs(1))?;
             if recs.is_empty() {
                 return Err(PgError::Record {
                     lsn: after.next(),
@@ -734,7 +753,10 @@ impl Shipper {
                             }
                         }
                     }
-                    Record::SnapshotEnd(_) => return Ok((lsn, profiles)),
+                    Record::SnapshotEnd(e) => {
+                        self.snapshot_row_counts = Some(e.row_counts);
+                        return Ok((lsn, profiles));
+                    }
                     Record::SnapshotRows(_) => {}
                     other => {
                         return Err(PgError::Record {
@@ -824,19 +846,23 @@ impl Shipper {
         )
         .await?;
         let mut load = load;
-        // The snapshot's own row counts give the bar its total.
-        let rows_total = match read_source(source, Lsn(end.0 - 1), 1, Duration::from_secs(1))?
-            .into_iter()
-            .next()
-        {
-            Some((_, Record::SnapshotEnd(e))) => e
-                .row_counts
-                .iter()
-                .filter(|(t, _)| states.get(t) == Some(&TableState::Loading))
-                .map(|(_, n)| n)
-                .sum(),
-            _ => 0,
+        // The snapshot's own row counts give the bar its total (the profile pass saw them;
+        // after a restart, read its last record).
+        let row_counts = match self.snapshot_row_counts.take() {
+            Some(c) => c,
+            None => match read_source(source, Lsn(end.0 - 1), 1, Duration::from_secs(1))?
+                .into_iter()
+                .next()
+            {
+                Some((_, Record::SnapshotEnd(e))) => e.row_counts,
+                _ => Vec::new(),
+            },
         };
+        let rows_total = row_counts
+            .iter()
+            .filter(|(t, _)| states.get(t) == Some(&TableState::Loading))
+            .map(|(_, n)| n)
+            .sum();
         let to_load = states
             .values()
             .filter(|s| **s == TableState::Loading)
@@ -858,7 +884,7 @@ impl Shipper {
             let recs = read_source(
                 source,
                 after,
-                (end.0 - after.0).min(256) as usize,
+                (end.0 - after.0).min(SNAPSHOT_READ_RECORDS as u64) as usize,
                 Duration::from_secs(1),
             )?;
             if recs.is_empty() {

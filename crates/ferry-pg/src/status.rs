@@ -88,14 +88,10 @@ impl LoadProgress {
     /// One line for logs and non-terminal output: `copying 1200000/2005100 rows (59%),
     /// 412000 rows/s, ETA 2s, table 3 of 5`.
     pub fn line(&self) -> String {
-        let pct = if self.rows_total > 0 {
-            format!(
-                " ({}%)",
-                (self.rows_done.min(self.rows_total) * 100) / self.rows_total
-            )
-        } else {
-            String::new()
-        };
+        let pct = (self.rows_done.min(self.rows_total) * 100)
+            .checked_div(self.rows_total)
+            .map(|p| format!(" ({p}%)"))
+            .unwrap_or_default();
         let eta = self
             .eta()
             .map(|d| format!(", ETA {}s", d.as_secs()))

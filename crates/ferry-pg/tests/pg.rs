@@ -487,7 +487,8 @@ async fn existing_mode_maps_onto_an_orm_schema() {
                                     PRIMARY KEY (sensor_id, at));
              CREATE TABLE posts (id bigserial PRIMARY KEY, user_id integer NOT NULL REFERENCES users(id),
                                  title text);
-             INSERT INTO users (email, is_admin) VALUES ('admin@example.com', true);",
+             INSERT INTO users (email, is_admin) VALUES ('admin@example.com', true);
+             INSERT INTO readings VALUES (1, 1.5, 2.125);",
         )
         .await
         .unwrap();
@@ -633,11 +634,27 @@ async fn existing_mode_maps_onto_an_orm_schema() {
         status.stats
     );
     assert!(
+        status.notices.iter().any(|n| n.contains("\"Users\"")
+            && n.contains("1 rows")
+            && n.contains("replaced")
+            && n.contains("(ID=1)")),
+        "no notice naming the replaced application row: {:?}",
+        status.notices
+    );
+    assert!(
         status
             .notices
             .iter()
-            .any(|n| n.contains("\"Users\"") && n.contains("1 rows") && n.contains("replaced")),
-        "no notice about the replaced application row: {:?}",
+            .any(|n| n.contains("\"readings\"") && n.contains("1 rows") && n.contains("identical")),
+        "no notice about the identical application row: {:?}",
+        status.notices
+    );
+    assert!(
+        !status
+            .notices
+            .iter()
+            .any(|n| n.contains("\"readings\"") && n.contains("replaced")),
+        "an identical row is not a replaced one: {:?}",
         status.notices
     );
     let rows = client
@@ -1647,4 +1664,177 @@ async fn initial_load_reports_progress() {
         seen.iter().any(|(s, _)| s == "copying"),
         "the copy step was never seen"
     );
+}
+
+/// A TCP proxy in front of the test server that, for chosen COMMITs (counted over all
+/// connections, 1-based), forwards the COMMIT, waits for the server's answer — so the
+/// transaction is committed — and then drops the connection instead of passing the answer
+/// on: the client sees a COMMIT whose outcome it cannot know.
+struct CommitCutter {
+    port: u16,
+    cuts: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl CommitCutter {
+    async fn start(upstream: std::net::SocketAddr, cut: Vec<usize>) -> CommitCutter {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cuts = std::sync::Arc::new(AtomicUsize::new(0));
+        let commits = std::sync::Arc::new(AtomicUsize::new(0));
+        let cut = std::sync::Arc::new(cut);
+        let cuts2 = cuts.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let _ = (client.set_nodelay(true), server.set_nodelay(true));
+                let (cuts, commits, cut) = (cuts2.clone(), commits.clone(), cut.clone());
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let (mut c, mut s) = (client, server);
+                    let (mut cb, mut sb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+                    let mut cutting = false;
+                    loop {
+                        tokio::select! {
+                            n = c.read(&mut cb) => {
+                                let Ok(n) = n else { return };
+                                if n == 0 || s.write_all(&cb[..n]).await.is_err() {
+                                    return;
+                                }
+                                if cb[..n].windows(7).any(|w| w == b"COMMIT\0") {
+                                    let k = commits.fetch_add(1, Ordering::SeqCst) + 1;
+                                    cutting |= cut.contains(&k);
+                                }
+                            }
+                            n = s.read(&mut sb) => {
+                                let Ok(n) = n else { return };
+                                if n == 0 {
+                                    return;
+                                }
+                                if cutting {
+                                    // The server answered the COMMIT: it is durable. Drop
+                                    // the answer and both sockets.
+                                    cuts.fetch_add(1, Ordering::SeqCst);
+                                    return;
+                                }
+                                if c.write_all(&sb[..n]).await.is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        CommitCutter { port, cuts }
+    }
+}
+
+/// Commits whose outcome the shipper cannot know (the COMMIT reached PostgreSQL and took
+/// effect, the answer never came back) are resolved by re-reading ferry.progress: nothing
+/// is applied twice — an ALWAYS trigger records every row PostgreSQL writes — nothing is
+/// skipped, and the progress ends at the log's last LSN.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_commit_outcomes_are_resolved_from_progress() {
+    use std::net::ToSocketAddrs;
+    let db = TestDb::new().await;
+    let client = db.connect().await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id bigint PRIMARY KEY, n bigint);
+             CREATE TABLE audit (id bigint, op text);
+             CREATE FUNCTION record_write() RETURNS trigger LANGUAGE plpgsql AS
+               $$ BEGIN INSERT INTO audit VALUES (NEW.id, TG_OP); RETURN NEW; END $$;
+             CREATE TRIGGER t_audit AFTER INSERT OR UPDATE ON t
+               FOR EACH ROW EXECUTE FUNCTION record_write();
+             ALTER TABLE t ENABLE ALWAYS TRIGGER t_audit;",
+        )
+        .await
+        .unwrap();
+    let t = table("t", vec![col("id", "INTEGER", 1), col("n", "INTEGER", 0)]);
+    let row = |id: i64, n: i64| vec![Value::Integer(id), Value::Integer(n)];
+    let mut records = snapshot(
+        vec![t.clone()],
+        vec![(
+            "t",
+            (0..=10)
+                .map(|id| SnapshotRow {
+                    rowid: Some(id),
+                    values: row(id, 0),
+                })
+                .collect(),
+        )],
+    );
+    let txns = 60i64;
+    for i in 1..=txns {
+        records.push(txn(vec![
+            RowChange::insert("t", vec![Value::Integer(1000 + i)], row(1000 + i, i)),
+            RowChange::update("t", vec![Value::Integer(0)], row(0, i - 1), row(0, i)),
+        ]));
+    }
+    let last = Lsn(records.len() as u64);
+    let config = db.config();
+    let host = match &config.get_hosts()[0] {
+        tokio_postgres::config::Host::Tcp(h) => h.clone(),
+        other => panic!("the test server must be on TCP: {other:?}"),
+    };
+    let upstream = (host.as_str(), config.get_ports()[0])
+        .to_socket_addrs()
+        .unwrap()
+        .next()
+        .unwrap();
+    // Cut the load's commit and several batch commits.
+    let cutter = CommitCutter::start(upstream, vec![1, 3, 6, 10, 15]).await;
+    let url = format!(
+        "postgresql://{}@127.0.0.1:{}/{}?sslmode=disable",
+        config.get_user().unwrap(),
+        cutter.port,
+        db.name()
+    );
+    let mut o = opts("unknown");
+    o.mode = TargetMode::Existing;
+    o.batch_max_records = 3;
+    let mut source = VecRecordSource::new(LOG_ID, records);
+    let mut shipper = Shipper::new(PgTarget::parse(&url).unwrap(), o)
+        .await
+        .unwrap();
+    let summary = shipper
+        .run_until_caught_up(&mut source, last)
+        .await
+        .unwrap();
+    assert_eq!(summary.applied_lsn, last);
+    let cuts = cutter.cuts.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(cuts >= 4, "only {cuts} COMMIT answers were cut");
+    // The first cut hits Shipper::new's setup, which `run` retries without counting it.
+    assert!(
+        summary.stats.reconnects + 1 >= cuts as u64,
+        "{:?}",
+        summary.stats
+    );
+    let p = read_progress(&client, "unknown").await.unwrap().unwrap();
+    assert_eq!(p.lsn, last);
+    // Every key but the counter row was written exactly once, by an INSERT.
+    let writes: Vec<(i64, String, i64)> = client
+        .query(
+            "SELECT id, string_agg(op, ',' ORDER BY op), count(*) FROM audit WHERE id <> 0 GROUP BY id ORDER BY id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let want: Vec<(i64, String, i64)> = (1..=10)
+        .chain((1..=txns).map(|i| 1000 + i))
+        .map(|id| (id, "INSERT".to_string(), 1))
+        .collect();
+    assert_eq!(writes, want, "a row was applied twice or never");
+    let n: i64 = client
+        .query_one("SELECT n FROM t WHERE id = 0", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, txns);
 }
