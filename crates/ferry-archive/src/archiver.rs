@@ -385,10 +385,10 @@ impl Archiver {
                     .saturating_sub(i64::try_from(window.as_micros()).unwrap_or(i64::MAX));
                 // The newest base at or before the window's start restores its first point.
                 let time_of = |b: &BaseEntry| b.lsn_captured_at.unwrap_or(b.taken_at);
-                match bases.iter().rposition(|b| time_of(b) <= start) {
-                    Some(i) => i,
-                    None => 0,
-                }
+                bases
+                    .iter()
+                    .rposition(|b| time_of(b) <= start)
+                    .unwrap_or_default()
             }
         };
         let first_kept = keep_from_count.min(keep_from_window);

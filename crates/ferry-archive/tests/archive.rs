@@ -1,0 +1,391 @@
+//! The archive against a real SQLite application, a real capture, a real log and a real
+//! PostgreSQL: every recorded point restores to exactly the recorded content; what cannot be
+//! restored is refused with the reason and the nearest points; damage is found and named.
+
+mod common;
+
+use common::{Harness, dump_file, steps};
+use ferry_archive::{
+    Archive, ArchiveError, PgRestoreOptions, RestoreTarget, restore_to_postgres, restore_to_sqlite,
+};
+use ferry_core::Lsn;
+use ferry_core::fold::Fold;
+use ferry_pg::mapping::MapOptions;
+use ferry_pg::{TargetRowReader, find_table, map_onto, row_matches};
+use ferry_testkit::pg::TestDb;
+use std::time::{Duration, SystemTime};
+
+fn restore_and_compare(h: &Harness, archive: &Archive, lsn: Lsn, tag: &str) {
+    let plan = archive
+        .plan(RestoreTarget::Lsn(lsn))
+        .unwrap_or_else(|e| panic!("plan for LSN {lsn}: {e}"));
+    assert_eq!(plan.target, lsn);
+    assert!(plan.base.lsn <= lsn);
+    let out = h.dir.path().join(format!("restored-{tag}-{lsn}.db"));
+    let summary =
+        restore_to_sqlite(&plan, &out).unwrap_or_else(|e| panic!("restore to {lsn}: {e}"));
+    assert_eq!(summary.target, lsn);
+    let want = &h.points[&lsn].content;
+    let got = dump_file(&out);
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "tables at LSN {lsn}"
+    );
+    for (table, rows) in want {
+        assert_eq!(
+            &got[table], rows,
+            "table {table} at LSN {lsn} (base {})",
+            plan.base.lsn
+        );
+    }
+    // The application's trigger is back, and did not fire during the replay (audit equal).
+    let c = rusqlite::Connection::open(&out).unwrap();
+    let triggers: i64 = c
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE type = 'trigger' AND name = 'users_ai'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(triggers, 1, "trigger restored at LSN {lsn}");
+}
+
+async fn compare_pg(db: &TestDb, fold: &Fold) {
+    let client = db.connect().await;
+    let map_opts = MapOptions {
+        schema: "public".into(),
+        table_prefix: String::new(),
+        keep_case: false,
+        type_overrides: Default::default(),
+    };
+    for (name, table) in &fold.tables {
+        let target = map_opts.target_table_name(name);
+        let schema = if name == "sqlite_sequence" {
+            "ferry"
+        } else {
+            "public"
+        };
+        let target = if name == "sqlite_sequence" {
+            "sqlite_sequence_app".to_string()
+        } else {
+            target
+        };
+        let ct = find_table(&client, schema, &target)
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("table {schema}.{target} missing in PostgreSQL"));
+        let mut problems = Vec::new();
+        let map = map_onto(&table.schema, &ct, false, &mut problems)
+            .unwrap_or_else(|| panic!("{name}: {problems:?}"));
+        let mut reader = TargetRowReader::new(map.clone(), 500);
+        let mut back = Vec::new();
+        loop {
+            let page = reader.next_page(&client).await.unwrap();
+            if page.is_empty() {
+                break;
+            }
+            back.extend(page);
+        }
+        assert_eq!(back.len(), table.rows.len(), "row count of {name}");
+        for ((_, pg), (key, row)) in back.iter().zip(&table.rows) {
+            let rowid = if table.schema.keyed_by_rowid() {
+                key[0].as_i64()
+            } else {
+                None
+            };
+            assert!(
+                row_matches(&map, row, rowid, pg),
+                "{name}: {row:?} vs {pg:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_recorded_point_restores_exactly_to_sqlite_and_postgres() {
+    let mut h = Harness::new(7, |_| {});
+    h.run(steps(240), 60);
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let m = archive.manifest();
+    assert!(
+        m.segments.len() >= 4,
+        "small segments: {} archived",
+        m.segments.len()
+    );
+    assert_eq!(h.bases.len(), m.bases.len());
+    let first_base = h.bases[0];
+    let ranges = archive.ranges();
+    assert_eq!(ranges.len(), 1, "{ranges:?}");
+    assert_eq!(ranges[0].from.lsn, first_base);
+    assert_eq!(ranges[0].to.lsn, h.log.durable_lsn());
+
+    // Every point from the first base on (a sample of them when the run is long), each base,
+    // and the last.
+    let restorable: Vec<Lsn> = h
+        .points
+        .keys()
+        .copied()
+        .filter(|l| *l >= first_base)
+        .collect();
+    let stride = (restorable.len() / 40).max(1);
+    let mut chosen: Vec<Lsn> = restorable.iter().copied().step_by(stride).collect();
+    chosen.extend(h.bases.iter().copied());
+    chosen.extend(restorable.last().copied());
+    chosen.sort();
+    chosen.dedup();
+    for &lsn in &chosen {
+        restore_and_compare(&h, &archive, lsn, "lsn");
+    }
+
+    // Points before the first base are refused, naming it as the nearest restorable point.
+    let early = *h.points.keys().next().unwrap();
+    assert!(early < first_base);
+    let err = archive.plan(RestoreTarget::Lsn(early)).unwrap_err();
+    assert!(err.is_not_restorable(), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&format!("LSN {first_base}")), "{msg}");
+    // Beyond the archive's end: refused, naming the last point.
+    let end = h.log.durable_lsn();
+    let err = archive.plan(RestoreTarget::Lsn(end.next())).unwrap_err();
+    assert!(err.to_string().contains(&format!("LSN {end}")), "{err}");
+
+    // A time resolves to the last record captured at or before it.
+    let mid = restorable[restorable.len() / 2];
+    let at = h.points[&mid]
+        .captured_at
+        .expect("transactions carry a capture time");
+    let plan = archive.plan(RestoreTarget::Time(at)).unwrap();
+    assert_eq!(plan.target, mid);
+    let plan = archive.plan(RestoreTarget::Time(at - 1)).unwrap();
+    assert!(plan.target < mid);
+    let latest = archive.plan(RestoreTarget::Latest).unwrap();
+    assert_eq!(latest.target, end);
+    let err = archive
+        .plan(RestoreTarget::Time(
+            h.points[&end].captured_at.unwrap() + 60_000_000,
+        ))
+        .unwrap_err();
+    assert!(err.to_string().contains("not archived yet"), "{err}");
+
+    // PostgreSQL through the shipper: at the first base, in the middle, and at the end.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    for lsn in [first_base, mid, end] {
+        let plan = archive.plan(RestoreTarget::Lsn(lsn)).unwrap();
+        let fold = h.fold_to(lsn);
+        rt.block_on(async {
+            let db = TestDb::new().await;
+            let summary = restore_to_postgres(&plan, &PgRestoreOptions::new(db.url()))
+                .await
+                .unwrap_or_else(|e| panic!("restore to PostgreSQL at {lsn}: {e}"));
+            if summary.progress_log_id == m.log_id {
+                assert_eq!(summary.progress_lsn, lsn, "progress pairs with the archive");
+            } else {
+                // Shifted LSNs (a base earlier than its snapshot is long) carry another id.
+                assert!(summary.progress_lsn > lsn);
+            }
+            compare_pg(&db, &fold).await;
+            let client = db.connect().await;
+            let p = ferry_pg::read_progress(&client, "app")
+                .await
+                .unwrap()
+                .unwrap();
+            assert_eq!(p.lsn, summary.progress_lsn);
+            assert_eq!(p.log_id, summary.progress_log_id);
+        });
+    }
+}
+
+#[test]
+fn retention_keeps_what_kept_bases_need_and_refuses_older_points() {
+    let mut h = Harness::new(11, |o| o.keep_bases = 2);
+    h.run(steps(160), 35);
+    assert!(h.bases.len() >= 4, "{} bases", h.bases.len());
+    let before = Archive::open(&h.archive_dir, None)
+        .unwrap()
+        .manifest()
+        .clone();
+    let step = h.archiver.apply_retention(SystemTime::now()).unwrap();
+    let kept_from = h.bases[h.bases.len() - 2];
+    assert_eq!(step.bases_removed, h.bases[..h.bases.len() - 2].to_vec());
+    assert!(step.segments_removed > 0);
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let m = archive.manifest();
+    assert_eq!(
+        m.bases.iter().map(|b| b.lsn).collect::<Vec<_>>(),
+        h.bases[h.bases.len() - 2..].to_vec()
+    );
+    // Every segment holding a record after the oldest kept base is still there.
+    for s in before.segments.iter().filter(|s| s.last_lsn > kept_from) {
+        assert!(m.segments.contains(s), "segment {} was needed", s.file);
+        assert!(archive.source_dir().join(&s.file).is_file());
+    }
+    for s in before.segments.iter().filter(|s| s.last_lsn <= kept_from) {
+        assert!(
+            !archive.source_dir().join(&s.file).exists(),
+            "{} kept",
+            s.file
+        );
+    }
+    // Every point inside the window restores; one before it is refused clearly.
+    let inside: Vec<Lsn> = h
+        .points
+        .keys()
+        .copied()
+        .filter(|l| *l >= kept_from)
+        .collect();
+    for &lsn in inside.iter().step_by((inside.len() / 8).max(1)) {
+        restore_and_compare(&h, &archive, lsn, "kept");
+    }
+    let old = *h.points.keys().rfind(|l| **l < kept_from).unwrap();
+    let err = archive.plan(RestoreTarget::Lsn(old)).unwrap_err();
+    let msg = err.to_string();
+    assert!(err.is_not_restorable(), "{msg}");
+    assert!(msg.contains("retention"), "{msg}");
+    assert!(msg.contains(&format!("LSN {kept_from}")), "{msg}");
+
+    // A window that reaches back keeps more: nothing else is removed while it covers it.
+    let again = h.archiver.apply_retention(SystemTime::now()).unwrap();
+    assert!(again.bases_removed.is_empty() && again.segments_removed == 0);
+}
+
+#[test]
+fn time_window_retention_keeps_the_base_before_the_window() {
+    let mut h = Harness::new(5, |o| {
+        o.keep_bases = 1;
+        o.keep_for = Some(Duration::from_secs(3600));
+    });
+    h.run(steps(80), 20);
+    assert!(h.bases.len() >= 3);
+    // Everything is inside the hour: nothing may go.
+    let step = h.archiver.apply_retention(SystemTime::now()).unwrap();
+    assert!(step.bases_removed.is_empty(), "{step:?}");
+    assert_eq!(step.segments_removed, 0);
+    // Two hours later, only the newest base (keep_bases = 1) is needed for the window.
+    let later = SystemTime::now() + Duration::from_secs(7200);
+    let step = h.archiver.apply_retention(later).unwrap();
+    assert_eq!(step.bases_removed.len(), h.bases.len() - 1);
+}
+
+#[test]
+fn a_missing_segment_is_refused_naming_it_and_the_nearest_points() {
+    let mut h = Harness::new(3, |_| {});
+    h.run(steps(120), 40);
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let base = h.bases[0];
+    let segs: Vec<_> = archive
+        .manifest()
+        .segments
+        .iter()
+        .filter(|s| s.first_lsn > base)
+        .cloned()
+        .collect();
+    assert!(segs.len() >= 3, "{} segments after the base", segs.len());
+    let victim = &segs[1];
+    let path = archive.source_dir().join(&victim.file);
+    std::fs::remove_file(&path).unwrap();
+
+    let beyond = *h.points.keys().find(|l| **l > victim.last_lsn).unwrap();
+    let err = archive.plan(RestoreTarget::Lsn(beyond)).unwrap_err();
+    let msg = err.to_string();
+    assert!(err.is_not_restorable(), "{msg}");
+    assert!(
+        msg.contains(&victim.file),
+        "the missing file is named: {msg}"
+    );
+    assert!(
+        msg.contains(&format!("LSN {}", Lsn(victim.first_lsn.0 - 1))),
+        "the last point before the gap is named: {msg}"
+    );
+    // Points before the hole still restore.
+    let before = *h
+        .points
+        .keys()
+        .rfind(|l| **l < victim.first_lsn && **l >= base)
+        .unwrap();
+    restore_and_compare(&h, &archive, before, "before-hole");
+    // A new base after the hole makes later points restorable again.
+    h.step();
+    let new_base = h.take_base();
+    h.step();
+    h.seal_and_archive();
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    restore_and_compare(&h, &archive, new_base, "after-hole");
+    let last = *h.points.keys().last().unwrap();
+    restore_and_compare(&h, &archive, last, "after-hole");
+    let err = archive.plan(RestoreTarget::Lsn(beyond)).unwrap_err();
+    let msg = err.to_string();
+    let next_base = h.bases.iter().find(|b| **b > beyond).copied().unwrap();
+    assert!(next_base <= new_base);
+    assert!(msg.contains(&format!("LSN {next_base}")), "{msg}");
+}
+
+#[test]
+fn a_corrupt_archived_segment_is_detected_and_named() {
+    let mut h = Harness::new(9, |_| {});
+    h.run(steps(100), 40);
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let base = h.bases[0];
+    let victim = archive
+        .manifest()
+        .segments
+        .iter()
+        .find(|s| s.first_lsn > base && s.records >= 2)
+        .cloned()
+        .unwrap();
+    let path = archive.source_dir().join(&victim.file);
+    let mut bytes = std::fs::read(&path).unwrap();
+    let at = bytes.len() / 2;
+    bytes[at] ^= 0x40;
+    std::fs::write(&path, &bytes).unwrap();
+
+    let last = *h.points.keys().last().unwrap();
+    let plan = archive.plan(RestoreTarget::Lsn(last)).unwrap();
+    let out = h.dir.path().join("corrupt.db");
+    let err = restore_to_sqlite(&plan, &out).unwrap_err();
+    assert!(err.is_corrupt(), "{err}");
+    assert!(
+        matches!(err, ArchiveError::CorruptSegment { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(&victim.file), "{err}");
+    assert!(!out.exists(), "nothing is left at the output path");
+    // A point before the damaged segment is unaffected.
+    let before = *h
+        .points
+        .keys()
+        .rfind(|l| **l < victim.first_lsn && **l >= base)
+        .unwrap();
+    restore_and_compare(&h, &archive, before, "before-corrupt");
+}
+
+#[test]
+fn the_log_keeps_what_the_archive_has_not_taken() {
+    let mut h = Harness::new(13, |_| {});
+    for _ in 0..60 {
+        h.step();
+    }
+    h.take_base();
+    // Another consumer that has applied everything: retention may only delete what the
+    // archive has already taken.
+    h.log.set_consumer("shipper", h.log.durable_lsn()).unwrap();
+    let report = h.log.apply_retention().unwrap();
+    assert!(report.removed.is_empty(), "{report:?}");
+    let step = h.archiver.archive_sealed().unwrap();
+    assert!(step.segments > 0);
+    let report = h.log.apply_retention().unwrap();
+    assert!(!report.removed.is_empty());
+    let first_kept = h.log.first_lsn();
+    assert!(first_kept <= step.archived_through.next());
+    // The archive covers what the log no longer has.
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    assert_eq!(archive.manifest().segments[0].first_lsn, Lsn::FIRST);
+    let status = h.archiver.status();
+    assert_eq!(status.archived_through_lsn, step.archived_through);
+    assert_eq!(status.bases, 1);
+    assert!(status.archive_bytes > 0);
+}
