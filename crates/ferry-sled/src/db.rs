@@ -42,6 +42,9 @@ pub const DEFAULT_OUTBOX_LIMIT: u64 = 100_000;
 /// Default time a writer waits for room in a full outbox before it fails.
 pub const DEFAULT_BACKPRESSURE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default shortest time between two mover cycles ([`CaptureOptions::mover_interval`]).
+pub const DEFAULT_MOVER_INTERVAL: Duration = Duration::from_millis(50);
+
 /// A merge operator, as sled defines one: `(key, old value, merged bytes) -> new value`.
 pub type MergeFn = dyn Fn(&[u8], Option<&[u8]>, &[u8]) -> Option<Vec<u8>> + Send + Sync;
 
@@ -65,6 +68,11 @@ pub struct CaptureOptions {
     pub mover_batch_entries: usize,
     /// Encoded outbox bytes the mover moves per log append, at most (one entry may exceed it).
     pub mover_batch_bytes: usize,
+    /// The shortest time between two of the mover's cycles while writes keep coming. Each
+    /// cycle flushes sled once (which blocks sled transactions for the flush's fsync), so
+    /// this bounds what the mover costs the writers; it adds up to this much to the lag of
+    /// the log. A writer waiting for room or a [`CapturedDb::sync`] cuts the wait short.
+    pub mover_interval: Duration,
     /// How often an idle mover looks at the outbox even without a wake-up (writes recorded
     /// through [`TxRecorder`] inside the application's own transactions wake it only if the
     /// application calls [`CapturedDb::note_committed`]).
@@ -92,6 +100,7 @@ impl Default for CaptureOptions {
             backpressure_timeout: DEFAULT_BACKPRESSURE_TIMEOUT,
             mover_batch_entries: 1024,
             mover_batch_bytes: 4 << 20,
+            mover_interval: DEFAULT_MOVER_INTERVAL,
             mover_poll: Duration::from_millis(100),
             snapshot_chunk_rows: 1000,
             snapshot_chunk_bytes: 1 << 20,
@@ -110,6 +119,7 @@ impl std::fmt::Debug for CaptureOptions {
             .field("backpressure_timeout", &self.backpressure_timeout)
             .field("mover_batch_entries", &self.mover_batch_entries)
             .field("mover_batch_bytes", &self.mover_batch_bytes)
+            .field("mover_interval", &self.mover_interval)
             .field("snapshot_chunk_rows", &self.snapshot_chunk_rows)
             .field("snapshot_chunk_bytes", &self.snapshot_chunk_bytes)
             .finish_non_exhaustive()
@@ -150,6 +160,8 @@ pub(crate) struct MoverState {
     pub stop: bool,
     pub error: Option<Arc<CaptureError>>,
     pub snapshot_done: bool,
+    /// Someone waits for the mover (a writer for room, a `sync` for the log): skip pacing.
+    pub hurry: bool,
 }
 
 impl Shared {
@@ -211,6 +223,8 @@ impl Shared {
             if state.stop {
                 return Err(CaptureError::Closed);
             }
+            state.hurry = true;
+            self.work.notify_all();
             let waited = started.elapsed();
             let Some(left) = self.opts.backpressure_timeout.checked_sub(waited) else {
                 return Err(CaptureError::Backpressure {
@@ -465,9 +479,11 @@ impl CapturedDb {
     pub fn sync(&self, timeout: Duration) -> Result<u64, CaptureError> {
         let shared = &self.handle.shared;
         let target = read_counter(&shared.outbox)?;
-        shared.note_committed(target);
+        shared.committed.fetch_max(target, Ordering::SeqCst);
         let started = Instant::now();
         let mut state = shared.lock_state();
+        state.hurry = true;
+        shared.work.notify_all();
         loop {
             let moved = shared.moved.load(Ordering::SeqCst);
             if moved >= target && state.snapshot_done {

@@ -45,8 +45,8 @@ mod source_meta;
 
 pub use db::{
     Batch, CaptureOptions, CapturedDb, CapturedTransaction, CapturedTree, CapturedTxTree,
-    DEFAULT_BACKPRESSURE_TIMEOUT, DEFAULT_OUTBOX_LIMIT, MergeFn, TransactionError, TxError,
-    TxOpError, TxRecorder, abort,
+    DEFAULT_BACKPRESSURE_TIMEOUT, DEFAULT_MOVER_INTERVAL, DEFAULT_OUTBOX_LIMIT, MergeFn,
+    TransactionError, TxError, TxOpError, TxRecorder, abort,
 };
 pub use decoder::{BytesDecoder, DecoderError, JsonTextDecoder, TreeDecoder};
 pub use error::CaptureError;

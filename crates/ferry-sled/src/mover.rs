@@ -1,24 +1,36 @@
 //! The mover: a background thread that moves outbox entries into the durable log.
 //!
-//! Order of operations for one batch (at most `mover_batch_entries` entries or
-//! `mover_batch_bytes` bytes):
-//! 1. read the next entries, expecting exactly `last_logged + 1, + 2, …` (sequence numbers
+//! It works in *cycles*. One cycle:
+//! 1. read the outbox counter `C`: every entry up to `C` has committed;
+//! 2. `sled::Db::flush` — once for the whole cycle. The log must never describe a write sled
+//!    could still lose, or a crash would leave the log ahead of the database. Every entry up
+//!    to `C` committed before the flush began, so the flush makes all of them durable;
+//! 3. in batches of at most `mover_batch_entries` entries or `mover_batch_bytes` bytes, up to
+//!    `C`:
+//!    a. read the next entries, expecting exactly `last_logged + 1, + 2, …` (sequence numbers
 //!    are dense; a gap means an entry was lost and stops the mover);
-//! 2. decode them into `Record::Transaction`s (one per entry, position
-//!    `SledOutbox { seq }`); a tree seen for the first time gets a `CreateTable` schema change
-//!    ahead of its rows ("announced");
-//! 3. `sled::Db::flush` — the log must never describe a write sled could still lose, or a
-//!    crash would leave the log ahead of the database;
-//! 4. append the records (durable on return) and publish `moved`;
-//! 5. in one sled transaction: delete the entries and record the newly announced trees in
-//!    `__ferry_tables`.
+//!    b. decode them into `Record::Transaction`s (one per entry, position
+//!    `SledOutbox { seq }`); a tree seen for the first time gets a `CreateTable` schema
+//!    change ahead of its rows ("announced");
+//!    c. append the records (durable on return) and publish `moved`;
+//!    d. record the newly announced trees in `__ferry_tables`, then delete the entries.
+//!    Neither needs to be atomic with the other or with the append: the log is already
+//!    durable, and recovery (below) redoes both from the log's last position. The deletes
+//!    are single-key removes, not one transaction, because a sled transaction (or batch)
+//!    takes sled's process-wide write lock and would stall every writer while it runs;
+//! 4. pace: wait until `mover_interval` has passed since the cycle began before the next
+//!    one, unless a writer is waiting for room or a caller of `sync` for the log. sled's
+//!    `flush` holds sled's concurrency lock in read mode through its fsync, which blocks
+//!    every transaction, captured or not, for that long; pacing bounds how often the mover
+//!    does that (the cost measured in `benches/benches/sled_overhead.rs`). When the outbox is
+//!    empty the mover sleeps until the next write wakes it (or `mover_poll`).
 //!
 //! Recovery (on every start), from the log's last record:
 //! - none, or a snapshot that never ended: take the initial snapshot ([`crate::snapshot`]);
 //! - `SnapshotEnd`/`Transaction`/`Heartbeat` at `SledOutbox { seq }`: everything up to `seq`
-//!   is in the log; entries `<= seq` still in the outbox (a crash between steps 4 and 5) are
-//!   deleted without being appended again, and the trees they touched count as announced
-//!   (they were, in the log, before step 5 could record it);
+//!   is in the log; entries `<= seq` still in the outbox (a crash between steps 3c and 3d)
+//!   are deleted without being appended again, and the trees they touched count as
+//!   announced (they were, in the log, before step 3d could record it);
 //! - a position beyond the outbox counter: the database lost writes the log already has
 //!   (restored from a backup, or copied without a flush): refused, never papered over.
 //!
@@ -38,6 +50,7 @@ use sled::Transactional;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 pub(crate) struct Mover<S: DurableSink> {
     pub shared: Arc<Shared>,
@@ -85,10 +98,61 @@ impl<S: DurableSink> Mover<S> {
             if self.shared.lock_state().stop {
                 return Ok(());
             }
-            if self.move_batch()? == 0 {
+            let started = Instant::now();
+            if self.move_committed()? == 0 {
                 self.wait_for_work();
+            } else {
+                self.pace(started);
             }
         }
+    }
+
+    /// Waits until `mover_interval` has passed since `started`, unless the capture stops, a
+    /// writer waits for room, a `sync` waits for the log, or the outbox is half full.
+    fn pace(&self, started: Instant) {
+        let shared = &self.shared;
+        let deadline = started + shared.opts.mover_interval;
+        let half_full = || {
+            shared
+                .committed
+                .load(Ordering::SeqCst)
+                .saturating_sub(self.last_logged)
+                >= shared.opts.outbox_limit / 2
+        };
+        let mut state = shared.lock_state();
+        loop {
+            if state.stop || state.hurry || half_full() {
+                state.hurry = false;
+                return;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            state = match shared.work.wait_timeout(state, left) {
+                Ok((s, _)) => s,
+                Err(e) => e.into_inner().0,
+            };
+        }
+    }
+
+    /// One cycle (steps 1–3 of the module comment): moves every entry committed when it
+    /// starts; returns how many it moved.
+    fn move_committed(&mut self) -> Result<u64, CaptureError> {
+        let shared = self.shared.clone();
+        let target = read_counter(&shared.outbox)?;
+        if target <= self.last_logged {
+            return Ok(0);
+        }
+        shared.db.flush()?;
+        let first = self.last_logged;
+        while self.last_logged < target {
+            if shared.stopping() {
+                break;
+            }
+            self.move_batch(target)?;
+        }
+        Ok(self.last_logged - first)
     }
 
     fn wait_for_work(&self) {
@@ -205,22 +269,22 @@ impl<S: DurableSink> Mover<S> {
         }
     }
 
-    /// Moves one batch; returns how many entries it moved.
-    fn move_batch(&mut self) -> Result<usize, CaptureError> {
+    /// Moves one batch of entries after `last_logged`, up to `target` (which sled has made
+    /// durable); steps 3a–3d of the module comment.
+    fn move_batch(&mut self, target: u64) -> Result<(), CaptureError> {
         let shared = self.shared.clone();
         let opts = &shared.opts;
         let mut entries = Vec::new();
         let mut bytes = 0usize;
-        for kv in shared.outbox.range(seq_key(self.last_logged + 1)..) {
+        for kv in shared
+            .outbox
+            .range(seq_key(self.last_logged + 1)..=seq_key(target))
+        {
             let (k, v) = kv?;
             let seq = decode_u64(&k, "an outbox key")?;
             let expected = self.last_logged + 1 + entries.len() as u64;
             if seq != expected {
-                return Err(CaptureError::CorruptOutbox {
-                    detail: format!(
-                        "entry {expected} is missing (the next entry is {seq}); was the outbox tree written by something else?"
-                    ),
-                });
+                return Err(missing_entry(expected, Some(seq)));
             }
             bytes += v.len();
             entries.push((seq, v));
@@ -229,7 +293,8 @@ impl<S: DurableSink> Mover<S> {
             }
         }
         let Some(&(last_seq, _)) = entries.last() else {
-            return Ok(0);
+            // The counter said `target` committed, so its entries must be here.
+            return Err(missing_entry(self.last_logged + 1, None));
         };
         let mut newly_announced = Vec::new();
         let mut records = Vec::with_capacity(entries.len());
@@ -237,22 +302,16 @@ impl<S: DurableSink> Mover<S> {
             let entry = OutboxEntry::decode(*seq, v)?;
             records.push(self.transaction_record(*seq, entry, &mut newly_announced)?);
         }
-        shared.db.flush()?;
         self.sink.append(&records)?;
         self.last_logged = last_seq;
         self.publish_moved(last_seq);
-        (&shared.outbox, &shared.tables)
-            .transaction(|(outbox, tables)| {
-                for (seq, _) in &entries {
-                    outbox.remove(&seq_key(*seq)[..])?;
-                }
-                for t in &newly_announced {
-                    tables.insert(t.as_bytes(), &[][..])?;
-                }
-                Ok::<_, sled::transaction::ConflictableTransactionError<CaptureError>>(())
-            })
-            .map_err(CaptureError::from)?;
-        Ok(entries.len())
+        for t in &newly_announced {
+            shared.tables.insert(t.as_bytes(), &[][..])?;
+        }
+        for (seq, _) in &entries {
+            shared.outbox.remove(&seq_key(*seq)[..])?;
+        }
+        Ok(())
     }
 
     /// The log record of one outbox entry.
@@ -298,6 +357,18 @@ impl<S: DurableSink> Mover<S> {
             txn.changes.push(change);
         }
         Ok(Record::Transaction(txn).encode())
+    }
+}
+
+fn missing_entry(expected: u64, found: Option<u64>) -> CaptureError {
+    let next = found.map_or_else(
+        || "there is none".to_string(),
+        |f| format!("the next entry is {f}"),
+    );
+    CaptureError::CorruptOutbox {
+        detail: format!(
+            "entry {expected} is missing ({next}); was the outbox tree written by something else?"
+        ),
     }
 }
 
