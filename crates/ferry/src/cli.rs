@@ -283,6 +283,12 @@ pub struct BackupNowArgs {
 pub struct BackupListArgs {
     #[arg(long, env = "FERRY_ARCHIVE_DIR")]
     pub archive_dir: PathBuf,
+    /// Only this source (default: every source in the archive).
+    #[arg(long)]
+    pub source_id: Option<String>,
+    /// PostgreSQL target: show which archived LSN it reflects (from `ferry.progress`).
+    #[arg(long, env = "FERRY_TARGET")]
+    pub target: Option<String>,
     #[arg(long)]
     pub json: bool,
 }
@@ -305,4 +311,7 @@ pub struct RestoreArgs {
     pub target: Option<String>,
     #[arg(long, default_value = "public")]
     pub schema: String,
+    /// The archived source to restore (needed when the archive holds several).
+    #[arg(long)]
+    pub source_id: Option<String>,
 }

@@ -6,6 +6,9 @@
 //! every error, including a subcommand that is not built yet.
 
 mod admin;
+// Called from the capture thread once `ferry run` archives (issue 7); the lead wires it.
+#[allow(dead_code)]
+mod archiving;
 mod cli;
 mod cmd;
 mod config;
