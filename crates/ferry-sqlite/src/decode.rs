@@ -41,6 +41,7 @@ use ferry_core::{
 };
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// Page numbers are small dense integers: a multiplicative hash is enough and far cheaper
 /// than SipHash on the per-transaction hot path.
@@ -193,7 +194,7 @@ struct TableInfo {
 pub struct Catalog {
     pub cookie: u32,
     pub rows: Vec<SchemaRow>,
-    tables: BTreeMap<String, TableInfo>,
+    tables: BTreeMap<String, Arc<TableInfo>>,
 }
 
 impl Catalog {
@@ -221,11 +222,11 @@ impl Catalog {
             let layout = RecordLayout::new(&schema);
             tables.insert(
                 schema.name.clone(),
-                TableInfo {
+                Arc::new(TableInfo {
                     root: u32::try_from(root).unwrap_or(0),
                     schema,
                     layout,
-                },
+                }),
             );
         }
         Ok(Catalog {
@@ -326,51 +327,69 @@ fn payload_of(
     })
 }
 
-/// A cell collected by a walk: rowid (table trees) and its whole payload, borrowed from
-/// its page when it has no overflow.
+/// A cell collected by a walk: rowid (table trees) and where its whole payload is.
 struct CollectedCell {
     rowid: i64,
     payload: CellBytes,
 }
 
+/// A payload without overflow is borrowed from a page the walk keeps (by index, so that a
+/// cell costs no reference count); one with overflow is assembled.
 enum CellBytes {
-    Local {
-        page: Page,
-        start: usize,
-        len: usize,
-    },
+    Local { page: u32, start: u32, len: u32 },
     Owned(Vec<u8>),
-}
-
-impl CellBytes {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            CellBytes::Local { page, start, len } => &page[*start..*start + *len],
-            CellBytes::Owned(v) => v,
-        }
-    }
 }
 
 /// The result of walking one tree in one state.
 #[derive(Default)]
 struct Walk {
     cells: Vec<CollectedCell>,
+    /// The leaf (and index interior) pages whose cells are borrowed.
+    pages: Vec<Page>,
     /// Pages read, with parent and role.
     visited: Vec<(u32, u32, Role)>,
     /// Clean subtrees not descended into: (page, parent).
     pruned: Vec<(u32, u32)>,
+    /// Interior pages whose children were taken from the page index instead of the page
+    /// (see [`Shortcut`]).
+    shortcut: Vec<u32>,
+}
+
+impl Walk {
+    fn bytes<'a>(&'a self, c: &'a CollectedCell) -> &'a [u8] {
+        match &c.payload {
+            CellBytes::Local { page, start, len } => {
+                let (s, l) = (*start as usize, *len as usize);
+                &self.pages[*page as usize][s..s + l]
+            }
+            CellBytes::Owned(v) => v,
+        }
+    }
+}
+
+/// The page index's answer to "which children of this interior page can have changed":
+/// for an interior page the transaction did not write, its child pointers (and, in an index
+/// b-tree, its cells) are the same before and after, so only the children on a path to a
+/// written page need reading; the rest are clean on both sides. The before-walk takes the
+/// shortcut at exactly the pages the after-walk took it at, so both skip the same cells.
+struct Shortcut<'a> {
+    applies: &'a dyn Fn(u32) -> bool,
+    dirty_children: &'a PageMap<Vec<u32>>,
 }
 
 /// Walks the tree at `root` in `src`, not descending into pages for which `prune` holds.
+/// Without a shortcut, cells come in key order (rowid order for table trees); with one, in
+/// no particular order.
 fn walk(
     src: &dyn PageSource,
     geo: &Geometry,
     root: u32,
     without_rowid: bool,
     prune: &dyn Fn(u32) -> bool,
+    shortcut: Option<&Shortcut<'_>>,
 ) -> Result<Walk, DecodeError> {
     let mut w = Walk::default();
-    let mut seen = HashSet::new();
+    let mut seen = PageSet::default();
     // In-order for table trees: children pushed right to left.
     let mut stack = vec![(root, 0u32)];
     while let Some((pg, parent)) = stack.pop() {
@@ -398,15 +417,29 @@ fn walk(
             Role::Interior
         };
         w.visited.push((pg, parent, role));
+        if !page.kind.is_leaf()
+            && let Some(sc) = shortcut
+            && (sc.applies)(pg)
+        {
+            w.shortcut.push(pg);
+            if let Some(ch) = sc.dirty_children.get(&pg) {
+                stack.extend(ch.iter().map(|&c| (c, pg)));
+            }
+            continue;
+        }
         if page.kind != PageKind::TableInterior {
+            let idx = w.pages.len() as u32;
+            let mut borrowed = false;
+            w.cells.reserve(page.cell_count);
             for i in 0..page.cell_count {
                 let c = page.cell(i)?;
                 let payload = if c.first_overflow.is_none() {
+                    borrowed = true;
                     let start = c.local.as_ptr() as usize - data.as_ptr() as usize;
                     CellBytes::Local {
-                        page: data.clone(),
-                        start,
-                        len: c.local.len(),
+                        page: idx,
+                        start: start as u32,
+                        len: c.local.len() as u32,
                     }
                 } else {
                     let (payload, ovf) = payload_of(src, geo, &c)?;
@@ -419,6 +452,9 @@ fn walk(
                     rowid: c.rowid,
                     payload,
                 });
+            }
+            if borrowed {
+                w.pages.push(data.clone());
             }
         }
         if !page.kind.is_leaf() {
@@ -447,7 +483,7 @@ impl TreeIndex {
             if t.root == 0 || t.root > src.page_count() {
                 continue;
             }
-            let w = walk(src, geo, t.root, t.schema.without_rowid, &|_| false)?;
+            let w = walk(src, geo, t.root, t.schema.without_rowid, &|_| false, None)?;
             idx.record(t.root, &w);
         }
         Ok(idx)
@@ -518,11 +554,16 @@ impl Decoder {
         let Some(t) = self.catalog.tables.get(table) else {
             return Ok(());
         };
-        let w = walk(src, &self.geometry, t.root, t.schema.without_rowid, &|_| {
-            false
-        })?;
-        for c in w.cells {
-            let rec = decode_record(c.payload.as_slice(), t.root, self.geometry.encoding)?;
+        let w = walk(
+            src,
+            &self.geometry,
+            t.root,
+            t.schema.without_rowid,
+            &|_| false,
+            None,
+        )?;
+        for c in &w.cells {
+            let rec = decode_record(w.bytes(c), t.root, self.geometry.encoding)?;
             let values = t.layout.row(rec, c.rowid);
             let rowid = (!t.schema.without_rowid).then_some(c.rowid);
             f(SnapshotRow { rowid, values })?;
@@ -562,8 +603,8 @@ impl Decoder {
         };
 
         // Tables compared in full (schema or root changed) are handled below.
-        let mut full: Vec<(Option<TableInfo>, TableInfo)> = Vec::new();
-        let mut incremental: Vec<TableInfo> = Vec::new();
+        let mut full: Vec<(Option<Arc<TableInfo>>, Arc<TableInfo>)> = Vec::new();
+        let mut incremental: Vec<Arc<TableInfo>> = Vec::new();
         if let Some(nc) = &new_catalog {
             let (sc, f, inc) = schema_diff(&self.catalog, nc);
             out.schema_changes = sc;
@@ -585,8 +626,10 @@ impl Decoder {
             );
         }
 
-        // Dirty pages: the ancestors of every written page that a captured tree owns.
+        // Dirty pages: the ancestors of every written page that a captured tree owns, and for
+        // each dirty page's parent the dirty children it leads to.
         let mut dirty = PageSet::default();
+        let mut dirty_children: PageMap<Vec<u32>> = PageMap::default();
         let mut affected_roots: HashSet<u32> = HashSet::new();
         for &p in changed {
             if let Some(o) = self.index.owners.get(&p) {
@@ -601,7 +644,11 @@ impl Decoder {
                     if !dirty.insert(cur) {
                         break;
                     }
-                    cur = self.index.owners.get(&cur).map_or(0, |o| o.parent);
+                    let parent = self.index.owners.get(&cur).map_or(0, |o| o.parent);
+                    if parent != 0 {
+                        dirty_children.entry(parent).or_default().push(cur);
+                    }
+                    cur = parent;
                     guard += 1;
                 }
             }
@@ -616,14 +663,22 @@ impl Decoder {
             if !affected_roots.contains(&t.root) {
                 continue;
             }
-            self.incremental_diff(before, after, changed, &dirty, &t, &mut out.changes)?;
+            self.incremental_diff(
+                before,
+                after,
+                changed,
+                &dirty,
+                &dirty_children,
+                &t,
+                &mut out.changes,
+            )?;
         }
         for (old, new) in full {
             full_diff(
                 before,
                 after,
                 &self.geometry,
-                old.as_ref(),
+                old.as_deref(),
                 &new,
                 &mut out.changes,
             )?;
@@ -635,12 +690,14 @@ impl Decoder {
         Ok(out)
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn incremental_diff(
         &mut self,
         before: &dyn PageSource,
         after: &dyn PageSource,
         changed: &PageSet,
         dirty: &PageSet,
+        dirty_children: &PageMap<Vec<u32>>,
         t: &TableInfo,
         out: &mut Vec<RowChange>,
     ) -> Result<(), DecodeError> {
@@ -653,18 +710,50 @@ impl Decoder {
                     .get(&p)
                     .is_some_and(|o| o.root == root && o.role != Role::Overflow)
         };
-        let new_walk = if root <= after.page_count() {
-            walk(after, &self.geometry, root, t.schema.without_rowid, &clean)?
+        let unwritten_interior = |p: u32| {
+            !changed.contains(&p)
+                && owners
+                    .get(&p)
+                    .is_some_and(|o| o.root == root && o.role == Role::Interior)
+        };
+        let after_shortcut = Shortcut {
+            applies: &unwritten_interior,
+            dirty_children,
+        };
+        let mut new_walk = if root <= after.page_count() {
+            walk(
+                after,
+                &self.geometry,
+                root,
+                t.schema.without_rowid,
+                &clean,
+                Some(&after_shortcut),
+            )?
         } else {
             Walk::default()
         };
         let reached: PageSet = new_walk.pruned.iter().map(|(p, _)| *p).collect();
-        let old_walk = walk(before, &self.geometry, root, t.schema.without_rowid, &|p| {
-            clean(p) && reached.contains(&p)
-        })?;
-        let mut new_walk = new_walk;
-        let new_cells = std::mem::take(&mut new_walk.cells);
-        diff_cells(t, t, &self.geometry, old_walk.cells, new_cells, out)?;
+        let taken: PageSet = new_walk.shortcut.iter().copied().collect();
+        let took = |p: u32| taken.contains(&p);
+        let before_shortcut = Shortcut {
+            applies: &took,
+            dirty_children,
+        };
+        let mut old_walk = walk(
+            before,
+            &self.geometry,
+            root,
+            t.schema.without_rowid,
+            &|p| clean(p) && reached.contains(&p),
+            Some(&before_shortcut),
+        )?;
+        if !t.schema.without_rowid {
+            // Shortcuts push children in no particular order; the merge wants rowid order
+            // (each leaf's run is already sorted, so this is cheap).
+            new_walk.cells.sort_by_key(|c| c.rowid);
+            old_walk.cells.sort_by_key(|c| c.rowid);
+        }
+        diff_cells(t, t, &self.geometry, &old_walk, &new_walk, out)?;
         for &(pg, _, _) in &old_walk.visited {
             if self.index.owners.get(&pg).is_some_and(|o| o.root == root) {
                 self.index.owners.remove(&pg);
@@ -684,8 +773,8 @@ fn schema_diff(
     new: &Catalog,
 ) -> (
     Vec<SchemaChange>,
-    Vec<(Option<TableInfo>, TableInfo)>,
-    Vec<TableInfo>,
+    Vec<(Option<Arc<TableInfo>>, Arc<TableInfo>)>,
+    Vec<Arc<TableInfo>>,
 ) {
     let row_of = |c: &Catalog, name: &str| {
         c.rows
@@ -699,7 +788,7 @@ fn schema_diff(
     let mut creates = Vec::new();
     let mut full = Vec::new();
     let mut incremental = Vec::new();
-    let old_only: Vec<&TableInfo> = old
+    let old_only: Vec<&Arc<TableInfo>> = old
         .tables
         .values()
         .filter(|t| !new.tables.contains_key(&t.schema.name))
@@ -809,11 +898,11 @@ fn all_rows(
     if t.root == 0 || t.root > src.page_count() {
         return Ok(Vec::new());
     }
-    let w = walk(src, geo, t.root, t.schema.without_rowid, &|_| false)?;
+    let w = walk(src, geo, t.root, t.schema.without_rowid, &|_| false, None)?;
     w.cells
-        .into_iter()
+        .iter()
         .map(|c| {
-            let rec = decode_record(c.payload.as_slice(), t.root, geo.encoding)?;
+            let rec = decode_record(w.bytes(c), t.root, geo.encoding)?;
             Ok((c.rowid, t.layout.row(rec, c.rowid)))
         })
         .collect()
@@ -901,35 +990,37 @@ fn diff_cells(
     old_t: &TableInfo,
     new_t: &TableInfo,
     geo: &Geometry,
-    old: Vec<CollectedCell>,
-    new: Vec<CollectedCell>,
+    old_w: &Walk,
+    new_w: &Walk,
     out: &mut Vec<RowChange>,
 ) -> Result<(), DecodeError> {
     let name = &new_t.schema.name;
-    let (old, new): (Vec<CollectedCell>, Vec<CollectedCell>) = if new_t.schema.without_rowid {
+    let (old, new): (Vec<&CollectedCell>, Vec<&CollectedCell>) = if new_t.schema.without_rowid {
         // Index b-tree: identical payloads are identical rows.
-        let new_set: HashSet<Vec<u8>> = new.iter().map(|c| c.payload.as_slice().to_vec()).collect();
-        let old_set: HashSet<Vec<u8>> = old.iter().map(|c| c.payload.as_slice().to_vec()).collect();
-        let o: Vec<CollectedCell> = old
-            .into_iter()
-            .filter(|c| !new_set.contains(c.payload.as_slice()))
+        let new_set: HashSet<&[u8]> = new_w.cells.iter().map(|c| new_w.bytes(c)).collect();
+        let old_set: HashSet<&[u8]> = old_w.cells.iter().map(|c| old_w.bytes(c)).collect();
+        let o = old_w
+            .cells
+            .iter()
+            .filter(|c| !new_set.contains(old_w.bytes(c)))
             .collect();
-        let n: Vec<CollectedCell> = new
-            .into_iter()
-            .filter(|c| !old_set.contains(c.payload.as_slice()))
+        let n = new_w
+            .cells
+            .iter()
+            .filter(|c| !old_set.contains(new_w.bytes(c)))
             .collect();
         (o, n)
     } else {
         // Table b-tree: both walks are in rowid order; merge and drop identical cells.
         let (mut o, mut n) = (Vec::new(), Vec::new());
-        let mut oi = old.into_iter().peekable();
-        let mut ni = new.into_iter().peekable();
+        let mut oi = old_w.cells.iter().peekable();
+        let mut ni = new_w.cells.iter().peekable();
         loop {
             match (oi.peek(), ni.peek()) {
                 (Some(a), Some(b)) if a.rowid == b.rowid => {
                     let (a, b) = (oi.next(), ni.next());
                     if let (Some(a), Some(b)) = (a, b)
-                        && a.payload.as_slice() != b.payload.as_slice()
+                        && old_w.bytes(a) != new_w.bytes(b)
                     {
                         o.push(a);
                         n.push(b);
@@ -948,11 +1039,12 @@ fn diff_cells(
         return Ok(());
     }
     let keyed = |t: &TableInfo,
-                 cells: Vec<CollectedCell>|
+                 w: &Walk,
+                 cells: Vec<&CollectedCell>|
      -> Result<BTreeMap<Vec<Value>, Vec<Value>>, DecodeError> {
         let mut m = BTreeMap::new();
         for c in cells {
-            let rec = decode_record(c.payload.as_slice(), t.root, geo.encoding)?;
+            let rec = decode_record(w.bytes(c), t.root, geo.encoding)?;
             let row = t.layout.row(rec, c.rowid);
             let k = t.schema.key_of(&row, Some(c.rowid));
             if m.insert(k.clone(), row).is_some() {
@@ -964,8 +1056,8 @@ fn diff_cells(
         }
         Ok(m)
     };
-    let o = keyed(old_t, old)?;
-    let n = keyed(new_t, new)?;
+    let o = keyed(old_t, old_w, old)?;
+    let n = keyed(new_t, new_w, new)?;
     emit_keyed(name, o, n, out);
     Ok(())
 }
