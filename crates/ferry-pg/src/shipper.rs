@@ -1407,29 +1407,38 @@ async fn apply_schema_change(
             if !create {
                 return Ok(false);
             }
-            let Some(map) = maps.get(&sc.table) else {
-                return Ok(false);
-            };
-            let is_index = sc
-                .after
-                .as_ref()
-                .or(sc.before.as_ref())
-                .is_some_and(|r| r.kind == "index");
-            if !is_index {
+            // `sc.table` names the index itself; its table is the row's `tbl_name` (after
+            // the change: a table rename that came first in this transaction moved it).
+            let row = sc.after.as_ref().or(sc.before.as_ref());
+            if !row.is_some_and(|r| r.kind == "index") {
                 return Ok(false);
             }
+            let Some(map) = row.and_then(|r| {
+                maps.iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(&r.tbl_name))
+                    .map(|(_, m)| m)
+            }) else {
+                return Ok(false);
+            };
             if let Some(before) = &sc.before
                 && let Some(Ok(idx)) = before.sql.as_deref().map(mapping::parse_index)
             {
-                let name = mapping::index_target_name(&map.target_table, &idx);
-                tx.batch_execute(&format!(
-                    "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}; DROP INDEX IF EXISTS {}",
-                    map.qualified(),
-                    quote_ident(&name),
-                    qualified(&map.target_schema, &name)
-                ))
-                .await
-                .map_err(pg(format!("dropping index {name}")))?;
+                // The index was named after the table it was created on, which may have
+                // been renamed since.
+                let mut names = vec![mapping::index_target_name(&map.target_table, &idx)];
+                let (_, old_table) = opts.target_of(&before.tbl_name);
+                names.push(mapping::index_target_name(&old_table, &idx));
+                names.dedup();
+                for name in names {
+                    tx.batch_execute(&format!(
+                        "ALTER TABLE {} DROP CONSTRAINT IF EXISTS {}; DROP INDEX IF EXISTS {}",
+                        map.qualified(),
+                        quote_ident(&name),
+                        qualified(&map.target_schema, &name)
+                    ))
+                    .await
+                    .map_err(pg(format!("dropping index {name}")))?;
+                }
             }
             if let Some(after) = &sc.after {
                 match after.sql.as_deref().map(mapping::parse_index) {

@@ -1838,3 +1838,218 @@ async fn unknown_commit_outcomes_are_resolved_from_progress() {
         .get(0);
     assert_eq!(n, txns);
 }
+
+fn index_row(name: &str, table: &str, sql: &str) -> ferry_core::SchemaRow {
+    ferry_core::SchemaRow {
+        kind: "index".into(),
+        name: name.into(),
+        tbl_name: table.into(),
+        rootpage: 9,
+        sql: Some(sql.into()),
+    }
+}
+
+/// Schema changes in create mode, as the SQLite capture logs them (a changed table is
+/// compared in full, rows carried over by column name): DROP COLUMN, RENAME COLUMN (the
+/// renamed column's values arrive as updates), a table rename, and a 12-step rebuild that
+/// changes a column's type. PostgreSQL ends equal to the fold, and the index follows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_mode_follows_drop_rename_and_rebuild() {
+    let db = TestDb::new().await;
+    let v1 = table(
+        "items",
+        vec![
+            col("id", "INTEGER", 1),
+            col("name", "TEXT", 0),
+            col("qty", "INTEGER", 0),
+            col("old", "TEXT", 0),
+        ],
+    );
+    let mut records = snapshot(
+        vec![v1.clone()],
+        vec![(
+            "items",
+            (1..=3)
+                .map(|i| SnapshotRow {
+                    rowid: Some(i),
+                    values: vec![
+                        Value::Integer(i),
+                        Value::text(format!("n{i}")),
+                        Value::Integer(i * 10),
+                        Value::text("x"),
+                    ],
+                })
+                .collect(),
+        )],
+    );
+    if let Record::SnapshotBegin(b) = &mut records[0] {
+        b.schema_rows.push(index_row(
+            "items_name",
+            "items",
+            "CREATE INDEX items_name ON items (name)",
+        ));
+    }
+    let alter = |kind: SchemaChangeKind, t: &TableSchema| SchemaChange {
+        kind,
+        table: t.name.clone(),
+        before: None,
+        after: None,
+        schema: Some(t.clone()),
+    };
+    // ALTER TABLE items DROP COLUMN old: the carried rows equal the new rows, no changes.
+    let mut v2 = v1.clone();
+    v2.columns.pop();
+    records.push(schema_txn(
+        vec![alter(SchemaChangeKind::AlterTable, &v2)],
+        vec![],
+    ));
+    // ALTER TABLE items RENAME COLUMN name TO title: SQLite rewrites the index too.
+    let mut v3 = v2.clone();
+    v3.columns[1].name = "title".into();
+    let renamed_index = SchemaChange {
+        kind: SchemaChangeKind::Other,
+        table: "items_name".into(),
+        before: Some(index_row(
+            "items_name",
+            "items",
+            "CREATE INDEX items_name ON items (name)",
+        )),
+        after: Some(index_row(
+            "items_name",
+            "items",
+            "CREATE INDEX items_name ON items (title)",
+        )),
+        schema: None,
+    };
+    let r3 = |i: i64, title: Value| vec![Value::Integer(i), title, Value::Integer(i * 10)];
+    records.push(schema_txn(
+        vec![alter(SchemaChangeKind::AlterTable, &v3), renamed_index],
+        (1..=3)
+            .map(|i| {
+                RowChange::update(
+                    "items",
+                    vec![Value::Integer(i)],
+                    r3(i, Value::Null),
+                    r3(i, Value::text(format!("n{i}"))),
+                )
+            })
+            .collect(),
+    ));
+    // ALTER TABLE items RENAME TO goods.
+    let mut v4 = v3.clone();
+    v4.name = "goods".into();
+    records.push(schema_txn(
+        vec![
+            alter(
+                SchemaChangeKind::RenameTable {
+                    from: "items".into(),
+                },
+                &v4,
+            ),
+            SchemaChange {
+                kind: SchemaChangeKind::Other,
+                table: "items_name".into(),
+                before: Some(index_row(
+                    "items_name",
+                    "items",
+                    "CREATE INDEX items_name ON items (title)",
+                )),
+                after: Some(index_row(
+                    "items_name",
+                    "goods",
+                    "CREATE INDEX items_name ON \"goods\" (title)",
+                )),
+                schema: None,
+            },
+        ],
+        vec![],
+    ));
+    // A 12-step rebuild making qty TEXT: SQLite's copy stores the integers as text.
+    let mut v5 = v4.clone();
+    v5.columns[2] = col("qty", "TEXT", 0);
+    let r5 = |i: i64, qty: Value| vec![Value::Integer(i), Value::text(format!("n{i}")), qty];
+    records.push(schema_txn(
+        vec![alter(SchemaChangeKind::AlterTable, &v5)],
+        (1..=3)
+            .map(|i| {
+                RowChange::update(
+                    "goods",
+                    vec![Value::Integer(i)],
+                    r5(i, Value::Integer(i * 10)),
+                    r5(i, Value::text(format!("{}", i * 10))),
+                )
+            })
+            .collect(),
+    ));
+    records.push(txn(vec![
+        RowChange::insert(
+            "goods",
+            vec![Value::Integer(4)],
+            r5(4, Value::text("a lot")),
+        ),
+        RowChange::delete("goods", vec![Value::Integer(1)], r5(1, Value::text("10"))),
+    ]));
+
+    let shipper = ship_all(db.url(), records.clone(), opts("ddl"))
+        .await
+        .unwrap();
+    let mut fold = Fold::new();
+    for r in &records {
+        fold.apply(r).unwrap();
+    }
+    let map = shipper
+        .table_maps()
+        .into_iter()
+        .find(|m| m.source.name == "goods")
+        .expect("no map for goods");
+    assert_eq!(map.qualified(), "\"public\".\"goods\"");
+    let back = read_back(&shipper, &db, "goods").await;
+    let folded = &fold.tables["goods"];
+    assert_eq!(back.len(), folded.rows.len());
+    for ((_, pg), (_, row)) in back.iter().zip(&folded.rows) {
+        assert!(row_matches(&map, row, None, pg), "{row:?} vs {pg:?}");
+    }
+    let client = db.connect().await;
+    let cols: Vec<(String, String)> = client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = 'public.goods'::regclass AND attnum > 0 AND NOT attisdropped
+             ORDER BY attnum",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let s = |a: &str, b: &str| (a.to_string(), b.to_string());
+    // Columns follow by name, as the log's carry-over does (a renamed column is a dropped
+    // one plus a new one whose values arrive as updates), so `title` comes last.
+    assert_eq!(
+        cols,
+        vec![s("id", "bigint"), s("qty", "text"), s("title", "text")]
+    );
+    let gone: bool = client
+        .query_one("SELECT to_regclass('public.items') IS NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(gone, "the old table name is gone");
+    let index_cols: Vec<String> = client
+        .query(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a
+               ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey)
+             WHERE i.indrelid = 'public.goods'::regclass AND NOT i.indisprimary",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(
+        index_cols,
+        vec!["title".to_string()],
+        "one index, following both renames"
+    );
+}
