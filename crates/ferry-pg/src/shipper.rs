@@ -1410,7 +1410,7 @@ async fn apply_schema_change(
             // `sc.table` names the index itself; its table is the row's `tbl_name` (after
             // the change: a table rename that came first in this transaction moved it).
             let row = sc.after.as_ref().or(sc.before.as_ref());
-            if !row.is_some_and(|r| r.kind == "index") {
+            if row.is_none_or(|r| r.kind != "index") {
                 return Ok(false);
             }
             let Some(map) = row.and_then(|r| {
