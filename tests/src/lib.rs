@@ -2,6 +2,10 @@
 //! against real SQLite files (written by a separate sample-application process) and a real
 //! PostgreSQL (a fresh database per test from `ferry_testkit::pg`).
 
+pub mod live;
+
+pub mod conformance;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};

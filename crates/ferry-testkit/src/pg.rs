@@ -142,6 +142,49 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// A client for synchronous tests, on a private runtime.
+    pub fn connect_blocking(&self) -> BlockingClient {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("tokio runtime: {e}"));
+        let client = rt.block_on(self.connect());
+        BlockingClient { rt, client }
+    }
+}
+
+/// A PostgreSQL client for synchronous tests: every call panics with the SQL on failure.
+pub struct BlockingClient {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+}
+
+impl BlockingClient {
+    /// Runs statements; returns the rows affected by the last one.
+    pub fn execute(&mut self, sql: &str) -> u64 {
+        self.rt
+            .block_on(self.client.execute(sql, &[]))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+    }
+
+    /// The first column of the one row `sql` returns, as an i64 (NULL: panics).
+    pub fn query_i64(&mut self, sql: &str) -> i64 {
+        self.rt
+            .block_on(self.client.query_one(sql, &[]))
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get(0)
+    }
+
+    pub fn client(&self) -> &tokio_postgres::Client {
+        &self.client
+    }
+
+    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+        self.rt.block_on(f)
+    }
+}
+
 impl Drop for TestDb {
     fn drop(&mut self) {
         let admin = self.admin_url.clone();

@@ -87,6 +87,13 @@ pub struct SampleAppArgs {
     /// Only create the schema and initial data, then exit.
     #[arg(long)]
     pub prepare_only: bool,
+    /// Run `PRAGMA wal_checkpoint(<mode>)` after every N commits (0: only SQLite's own
+    /// automatic checkpoints), the way some applications checkpoint themselves.
+    #[arg(long, default_value_t = 0)]
+    pub checkpoint_every: u64,
+    /// The mode of those checkpoints: passive, full, restart or truncate.
+    #[arg(long, default_value = "truncate", value_parser = ["passive", "full", "restart", "truncate"])]
+    pub checkpoint_mode: String,
 }
 
 #[derive(Args, Debug, Clone)]

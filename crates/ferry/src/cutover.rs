@@ -13,14 +13,17 @@
 //!    table that changed since the pre-verify (`full`: of every table);
 //! 6. **sequences** move past the highest ids, so the application's next insert on
 //!    PostgreSQL gets a fresh id;
-//! 7. **record** the cutover in `ferry.progress` and in the log;
-//! 8. **switch**: the client runs the operator's command; on its success the fence stays
-//!    held for as long as `ferry run` runs, so the old application cannot commit to SQLite
-//!    behind PostgreSQL's back. The window is fence → done.
+//! 7. **switch**: the client runs the operator's command; on its success the fence stays
+//!    held for as long as `ferry run` runs (and is taken again by every later run), so the
+//!    old application cannot commit to SQLite behind PostgreSQL's back;
+//! 8. **record** the cutover in `ferry.progress`, in the log (a `Cutover` record: shipping
+//!    never goes past it) and in `sources/<id>/cutover.json`. Only after the switch, so a
+//!    failed switch leaves replication exactly as it was. The window is fence → done.
 
 use crate::cmd::run::{RunContext, SourceRuntime};
 use crate::control::{self, Event, Request};
 use crate::status::SourceState;
+use anyhow::Context;
 use ferry_core::{CutoverRecord, Lsn, Record};
 use ferry_pg::mapping::MapOptions;
 use std::collections::BTreeSet;
@@ -355,7 +358,26 @@ async fn cutover(
         format!("{moved} sequences moved past the highest ids"),
     )
     .await?;
-    // 7. record the cutover
+    // 7. switch: the operator's command moves the application to PostgreSQL. Nothing is
+    // recorded before it succeeds, so a failed switch leaves replication exactly as it was.
+    conv.send(&Event::Switch {
+        message: "PostgreSQL is authoritative; run the switch now".into(),
+    })
+    .await?;
+    let switched = tokio::time::timeout(Duration::from_secs(600), conv.next_request()).await;
+    match switched {
+        Ok(Ok(Some(Request::Switched { ok: true, .. }))) => {}
+        Ok(Ok(Some(Request::Switched { ok: false, output }))) => {
+            anyhow::bail!("the switch command failed: {output}")
+        }
+        _ => anyhow::bail!("the cutover client went away before the switch"),
+    }
+    // From here on the application is on PostgreSQL: whatever happens, SQLite stays fenced.
+    if let Ok(mut held) = ctx.held_fences.lock() {
+        held.extend(fences);
+    }
+    // 8. record the cutover: ferry.progress, the log's Cutover record (the end of the
+    // SQLite history; shipping never passes it) and cutover.json for later runs.
     for (i, src) in ctx.sources.iter().enumerate() {
         let client = ctx.target.connect().await?;
         client
@@ -370,28 +392,23 @@ async fn cutover(
             note: "cutover".into(),
         });
         let log = src.log.clone();
-        tokio::task::spawn_blocking(move || log.append(&rec.encode())).await??;
-        let txns = src
-            .capture_stats
-            .lock()
-            .map(|s| s.transactions)
-            .unwrap_or(0);
-        if let Ok(mut c) = src.cutover_at_lsn.lock() {
-            *c = Some((drained[i], txns));
+        let cutover_lsn = tokio::task::spawn_blocking(move || log.append(&rec.encode())).await??;
+        // From here on nothing after the cutover record is shipped (this run or any later).
+        src.ship_limit
+            .fetch_min(cutover_lsn.0, std::sync::atomic::Ordering::SeqCst);
+        if let Ok(mut c) = src.cutover_lsn.lock() {
+            *c = Some(cutover_lsn);
         }
-    }
-    // 8. switch
-    conv.send(&Event::Switch {
-        message: "PostgreSQL is authoritative; run the switch now".into(),
-    })
-    .await?;
-    let switched = tokio::time::timeout(Duration::from_secs(600), conv.next_request()).await;
-    match switched {
-        Ok(Ok(Some(Request::Switched { ok: true, .. }))) => {}
-        Ok(Ok(Some(Request::Switched { ok: false, output }))) => {
-            anyhow::bail!("the switch command failed: {output}")
+        crate::cutover_mark::CutoverMark {
+            cutover_lsn: cutover_lsn.0,
+            last_applied: drained[i].0,
+            at: ferry_core::json::micros_to_rfc3339(ferry_core::now_micros()),
         }
-        _ => anyhow::bail!("the cutover client went away before the switch"),
+        .write(
+            &ctx.state_dir
+                .source_dir(&ferry_core::SourceId(src.id.clone())),
+        )
+        .with_context(|| format!("recording the cutover of source {}", src.id))?;
     }
     let window = fenced_at.elapsed();
     for src in &ctx.sources {
@@ -405,9 +422,6 @@ async fn cutover(
                 source: src.id.clone(),
             })
             .set(2);
-    }
-    if let Ok(mut held) = ctx.held_fences.lock() {
-        held.extend(fences);
     }
     let mut detail = serde_json::Map::new();
     detail.insert(

@@ -83,11 +83,26 @@ pub struct LogRecordSource {
     log: std::sync::Arc<LogHandle>,
     /// The open reader and the next LSN it yields.
     reader: Option<(Lsn, ferry_log::LogReader)>,
+    /// Nothing after this LSN is shipped: the source's cutover record (`u64::MAX`: none).
+    /// Set from `cutover.json` at start, by the cutover, and when a `Cutover` record is read.
+    limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// A shared "ship nothing after this LSN" limit with none set.
+pub fn no_ship_limit() -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    std::sync::Arc::new(std::sync::atomic::AtomicU64::new(u64::MAX))
 }
 
 impl LogRecordSource {
-    pub fn new(log: std::sync::Arc<LogHandle>) -> Self {
-        LogRecordSource { log, reader: None }
+    pub fn with_limit(
+        log: std::sync::Arc<LogHandle>,
+        limit: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    ) -> Self {
+        LogRecordSource {
+            log,
+            reader: None,
+            limit,
+        }
     }
 
     fn read_blocking(
@@ -99,6 +114,12 @@ impl LogRecordSource {
         let err = |what: &str, e: ferry_log::LogError| {
             ferry_pg::RecordSourceError::with_source(what.to_string(), e)
         };
+        use std::sync::atomic::Ordering;
+        if after.0 >= self.limit.load(Ordering::SeqCst) {
+            // Cut over: PostgreSQL is authoritative; later SQLite writes stay in the log.
+            std::thread::sleep(wait.min(std::time::Duration::from_millis(200)));
+            return Ok(Vec::new());
+        }
         let mut durable = self
             .log
             .durable_lsn()
@@ -127,6 +148,10 @@ impl LogRecordSource {
             };
             match reader.next() {
                 Some(Ok((lsn, payload))) => {
+                    if lsn.0 > self.limit.load(Ordering::SeqCst) {
+                        self.reader = None;
+                        break;
+                    }
                     let record = Record::decode(&payload).map_err(|e| {
                         ferry_pg::RecordSourceError::with_source(
                             format!("record at LSN {lsn} does not decode"),
@@ -134,7 +159,12 @@ impl LogRecordSource {
                         )
                     })?;
                     *next = lsn.next();
+                    let is_cutover = matches!(record, Record::Cutover(_));
                     out.push((lsn, record));
+                    if is_cutover {
+                        self.limit.fetch_min(lsn.0, Ordering::SeqCst);
+                        break;
+                    }
                 }
                 Some(Err(e)) => return Err(err("reading the log", e)),
                 None => {

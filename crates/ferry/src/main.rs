@@ -14,6 +14,7 @@ mod cmd;
 mod config;
 mod control;
 mod cutover;
+mod cutover_mark;
 mod fence;
 mod logview;
 mod pipeline;

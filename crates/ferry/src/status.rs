@@ -73,8 +73,11 @@ impl StatusReport {
                 .all(|s| matches!(s.state, SourceState::Streaming | SourceState::CutOver))
     }
 
+    /// A source in error, or one whose SQLite still received writes after its cutover.
     pub fn any_error(&self) -> bool {
-        self.sources.iter().any(|s| s.state == SourceState::Error)
+        self.sources
+            .iter()
+            .any(|s| s.state == SourceState::Error || s.writes_after_cutover > 0)
     }
 }
 

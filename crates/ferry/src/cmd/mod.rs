@@ -65,6 +65,8 @@ fn run_sample_app(a: SampleAppArgs) -> anyhow::Result<ExitCode> {
         duration: a.seconds.map(std::time::Duration::from_secs_f64),
         initial_users: a.initial_users,
         seed: a.seed,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_mode: a.checkpoint_mode.to_ascii_uppercase(),
     };
     let summary = sample_app::run(&a.db, &opts, stop)?;
     println!("{}", serde_json::to_string(&summary)?);

@@ -39,10 +39,14 @@ pub struct SourceRuntime {
     pub drain_tx: std::sync::mpsc::Sender<std::sync::mpsc::Sender<Result<Lsn, String>>>,
     pub ship_status: Arc<Mutex<Option<Arc<Mutex<ferry_pg::ShipStatus>>>>>,
     pub ship_options: ShipOptions,
-    pub cutover_at_lsn: Mutex<Option<(Lsn, u64)>>,
+    /// LSN of the source's `Cutover` record once it is cut over (this run or an earlier one).
+    pub cutover_lsn: Mutex<Option<Lsn>>,
+    /// The shipper's "nothing after this LSN" limit (the cutover record; `u64::MAX`: none).
+    pub ship_limit: Arc<std::sync::atomic::AtomicU64>,
 }
 
 pub struct RunContext {
+    pub state_dir: StateDir,
     pub target: PgTarget,
     pub sources: Vec<Arc<SourceRuntime>>,
     pub status: Arc<RunStatus>,
@@ -138,6 +142,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
 
     let mut sources = Vec::new();
+    let mut refences = Vec::new();
     let mut capture_threads = Vec::new();
     let mut ship_tasks = Vec::new();
     for (i, sc) in cfg.sources.iter().enumerate() {
@@ -156,6 +161,22 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
         ));
         status.update(id.as_str(), |s| s.log_id = Some(log.log_id().to_string()));
         metrics.register_source(id.as_str(), cfg.archive.is_some());
+        let mark = crate::cutover_mark::CutoverMark::read(&dir.source_dir(&id))?;
+        let ship_limit = crate::logview::no_ship_limit();
+        if let Some(m) = &mark {
+            ship_limit.store(m.cutover_lsn, Ordering::SeqCst);
+            tracing::warn!(source = %id, cutover_lsn = m.cutover_lsn, at = %m.at, "this source was cut over to PostgreSQL: SQLite is fenced again, and anything it received since is captured and reported, never shipped");
+            status.update(id.as_str(), |s| {
+                s.state = SourceState::CutOver;
+                s.cutover_at = Some(m.at.clone());
+            });
+            metrics
+                .cutover_state
+                .get_or_create(&SourceLabel {
+                    source: id.0.clone(),
+                })
+                .set(2);
+        }
         let (drain_tx, drain_rx) = std::sync::mpsc::channel();
         let ship_options = ShipOptions {
             schema: sc.schema.clone(),
@@ -178,8 +199,18 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
             drain_tx,
             ship_status: Default::default(),
             ship_options,
-            cutover_at_lsn: Mutex::new(None),
+            cutover_lsn: Mutex::new(mark.as_ref().map(|m| m.lsn())),
+            ship_limit,
         });
+        if mark.is_some() {
+            // SQLite stays fenced while ferry runs after a cutover, as it was before the restart.
+            match crate::fence::Fence::acquire(&sc.path, Duration::from_secs(5)) {
+                Ok(f) => refences.push(f),
+                Err(e) => {
+                    tracing::error!(source = %id, error = %e, "could not fence SQLite again after the earlier cutover; writes to it will be reported")
+                }
+            }
+        }
         capture_threads.push(spawn_capture(
             &dir,
             src.clone(),
@@ -198,13 +229,22 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
         sources.push(src);
     }
     let ctx = Arc::new(RunContext {
+        state_dir: dir.clone(),
         target,
         sources,
         status: status.clone(),
         metrics: metrics.clone(),
-        held_fences: Mutex::new(Vec::new()),
+        held_fences: Mutex::new(refences),
     });
-    let monitor = tokio::spawn(monitor_loop(ctx.clone()));
+    // The monitor reads the log (lag age, segments, writes after cutover): blocking I/O, so
+    // it gets its own thread rather than a runtime worker the shipper needs.
+    let monitor = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        std::thread::Builder::new()
+            .name("monitor".into())
+            .spawn(move || monitor_loop(ctx, stop))
+            .context("starting the monitor thread")?
+    };
     let admin_addr = cfg
         .admin_addr
         .clone()
@@ -240,7 +280,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
     for t in capture_threads {
         let _ = tokio::task::spawn_blocking(move || t.join()).await;
     }
-    monitor.abort();
+    let _ = monitor.join();
     control.abort();
     // Remove run.json and the socket only while they are still ours: a process that stops
     // slowly must not delete the files of its successor.
@@ -384,7 +424,7 @@ async fn ship_loop(
             if let Ok(mut slot) = src.ship_status.lock() {
                 *slot = Some(shipper.status_handle());
             }
-            let mut source = LogRecordSource::new(handle.clone());
+            let mut source = LogRecordSource::with_limit(handle.clone(), src.ship_limit.clone());
             shipper.run(&mut source, stop.clone()).await
         }
         .await;
@@ -435,11 +475,48 @@ struct Published {
     batches: u64,
 }
 
-async fn monitor_loop(ctx: Arc<RunContext>) {
+/// Transactions found in the log after the cutover record, counted incrementally.
+#[derive(Default)]
+struct AfterCutover {
+    scanned_to: Lsn,
+    transactions: u64,
+}
+
+impl AfterCutover {
+    fn scan(&mut self, log: &ferry_log::Log, cutover: Lsn, durable: Lsn) -> u64 {
+        let from = self.scanned_to.max(cutover).next();
+        if from > durable {
+            return self.transactions;
+        }
+        if let Ok(reader) = log.reader(from) {
+            for item in reader {
+                let Ok((lsn, payload)) = item else { break };
+                if lsn > durable {
+                    break;
+                }
+                if matches!(
+                    ferry_core::Record::decode(&payload),
+                    Ok(ferry_core::Record::Transaction(_))
+                ) {
+                    self.transactions += 1;
+                }
+                self.scanned_to = lsn;
+            }
+        }
+        self.transactions
+    }
+}
+
+fn monitor_loop(ctx: Arc<RunContext>, stop: Arc<AtomicBool>) {
     let mut published: Vec<Published> = ctx.sources.iter().map(|_| Published::default()).collect();
     let mut consumer_written: Vec<Lsn> = ctx.sources.iter().map(|_| Lsn::ZERO).collect();
-    loop {
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    let mut after: Vec<AfterCutover> = ctx
+        .sources
+        .iter()
+        .map(|_| AfterCutover::default())
+        .collect();
+    while !stop.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(250));
         for (i, src) in ctx.sources.iter().enumerate() {
             let l = SourceLabel {
                 source: src.id.clone(),
@@ -457,7 +534,11 @@ async fn monitor_loop(ctx: Arc<RunContext>) {
                 .and_then(|h| h.lock().ok().map(|s| s.clone()));
             let durable = src.log.durable_lsn();
             let applied = ship.as_ref().map_or(Lsn::ZERO, |s| s.applied_lsn);
-            let lag_records = durable.0.saturating_sub(applied.0);
+            let cutover = src.cutover_lsn.lock().ok().and_then(|g| *g);
+            // After a cutover nothing past the cutover record is shipped, so lag counts only
+            // up to it; what SQLite received later is reported as writes after cutover.
+            let shippable = cutover.map_or(durable, |c| durable.min(c));
+            let lag_records = shippable.0.saturating_sub(applied.0);
             let lag_seconds = if lag_records == 0 {
                 0.0
             } else {
@@ -560,12 +641,7 @@ async fn monitor_loop(ctx: Arc<RunContext>) {
             }
             // Writes that reach SQLite after the cutover (the fence was bypassed, or ferry was
             // stopped and restarted): counted and reported loudly.
-            let after_cutover = src
-                .cutover_at_lsn
-                .lock()
-                .ok()
-                .and_then(|g| *g)
-                .map(|(_, txns)| cap.transactions.saturating_sub(txns));
+            let after_cutover = cutover.map(|c| after[i].scan(&src.log, c, durable));
             ctx.status.update(&src.id, |s| {
                 s.captured_lsn = durable.0;
                 s.shipped_lsn = applied.0;
@@ -575,6 +651,11 @@ async fn monitor_loop(ctx: Arc<RunContext>) {
                     if n > s.writes_after_cutover {
                         tracing::error!(source = %src.id, writes = n, "WRITES TO SQLITE AFTER CUTOVER: the application still writes to the old database; these changes are captured but the application is supposed to be on PostgreSQL");
                         m.writes_after_cutover.get_or_create(&l).inc_by(n - s.writes_after_cutover);
+                        s.last_error = Some(format!(
+                            "{n} transactions reached SQLite after the cutover (log records after LSN {}); they are kept in the log and not shipped: PostgreSQL is authoritative. Find what still writes to {}; `ferry log inspect` shows the changes",
+                            cutover.map_or(0, |c| c.0),
+                            src.path.display()
+                        ));
                     }
                     s.writes_after_cutover = n;
                 }

@@ -41,6 +41,7 @@ CREATE TABLE IF NOT EXISTS events (ts REAL, kind TEXT, detail TEXT);
 #[derive(Debug, Serialize, Default)]
 pub struct SampleAppSummary {
     pub commits: u64,
+    pub checkpoints: u64,
     pub busy_retries: u64,
     pub longest_stall_ms: f64,
     pub last_job_id: i64,
@@ -55,6 +56,10 @@ pub struct SampleAppOptions {
     /// Rows to create before the timed run (initial data for the snapshot).
     pub initial_users: u64,
     pub seed: u64,
+    /// A checkpoint after every N commits (0: never).
+    pub checkpoint_every: u64,
+    /// PASSIVE, FULL, RESTART or TRUNCATE.
+    pub checkpoint_mode: String,
 }
 
 /// Creates the schema and initial data (idempotent).
@@ -111,13 +116,25 @@ pub fn run(
 ) -> anyhow::Result<SampleAppSummary> {
     prepare(db, opts.initial_users)?;
     let mut conn = Connection::open(db).with_context(|| format!("opening {}", db.display()))?;
-    // A long busy timeout: during the cutover fence the application waits, it does not fail.
-    conn.busy_timeout(Duration::from_secs(60))?;
+    // A long busy wait: during the cutover fence the application waits, it does not fail;
+    // a stop request ends the wait (the stall so far still counts).
+    STOP_BUSY_WAIT.store(false, Ordering::SeqCst);
+    conn.busy_handler(Some(wait_while_busy))?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     let mut rng = Rng(opts.seed.max(1));
     let mut summary = SampleAppSummary::default();
     let started = Instant::now();
     let mut n: u64 = 0;
+    let watcher = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            // Ends when asked to stop, or when the run ends by itself (duration).
+            while !stop.load(Ordering::SeqCst) && !STOP_BUSY_WAIT.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            STOP_BUSY_WAIT.store(true, Ordering::SeqCst);
+        })
+    };
     loop {
         if stop.load(Ordering::Relaxed) {
             summary.stopped_by = "signal".into();
@@ -137,21 +154,49 @@ pub fn run(
         let t0 = Instant::now();
         let result = one_transaction(&mut conn, &mut rng, n);
         let stall = t0.elapsed().as_secs_f64() * 1000.0;
+        // A transaction that waited and then gave up (stopped, or busy past the limit) was
+        // a stall too: the application could not write for that long.
+        if stall > summary.longest_stall_ms {
+            summary.longest_stall_ms = stall;
+        }
         match result {
             Ok(last_job) => {
                 summary.commits += 1;
                 if last_job > 0 {
                     summary.last_job_id = last_job;
                 }
-                if stall > summary.longest_stall_ms {
-                    summary.longest_stall_ms = stall;
+                if opts.checkpoint_every > 0
+                    && summary.commits.is_multiple_of(opts.checkpoint_every)
+                {
+                    let sql = format!("PRAGMA wal_checkpoint({})", opts.checkpoint_mode);
+                    match conn.query_row(&sql, [], |r| {
+                        r.get::<_, i64>(0)
+                    }) {
+                        Ok(_) => summary.checkpoints += 1,
+                        Err(e) if is_busy(&e) => summary.busy_retries += 1,
+                        Err(e) => return Err(e).context("sample application checkpoint"),
+                    }
                 }
             }
             Err(e) if is_busy(&e) => summary.busy_retries += 1,
             Err(e) => return Err(e).context("sample application transaction"),
         }
     }
+    STOP_BUSY_WAIT.store(true, Ordering::SeqCst);
+    let _ = watcher.join();
     Ok(summary)
+}
+
+/// Set when the application is asked to stop: a busy wait in progress gives up.
+static STOP_BUSY_WAIT: AtomicBool = AtomicBool::new(false);
+
+/// SQLite's busy handler: retry every millisecond for up to 60 s, unless stopping.
+fn wait_while_busy(attempt: i32) -> bool {
+    if STOP_BUSY_WAIT.load(Ordering::SeqCst) || attempt >= 60_000 {
+        return false;
+    }
+    std::thread::sleep(Duration::from_millis(1));
+    true
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {

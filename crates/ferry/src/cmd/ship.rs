@@ -5,6 +5,7 @@
 use crate::cli::{ShipArgs, TargetArgs, TargetModeArg};
 use crate::logview::{LogHandle, LogRecordSource, SHIPPER_CONSUMER};
 use anyhow::Context;
+use ferry_core::Lsn;
 use ferry_pg::{PgTarget, ShipOptions, Shipper, TargetMode};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -45,9 +46,26 @@ async fn run_async(args: ShipArgs) -> anyhow::Result<ExitCode> {
     let mut shipper = Shipper::new(target, ship_options(&args.target, &source_id))
         .await
         .context("connecting to PostgreSQL")?;
-    let mut source = LogRecordSource::new(log.clone());
+    let limit = crate::logview::no_ship_limit();
+    let source_dir = log_dir.parent().unwrap_or(&log_dir);
+    if let Some(mark) = crate::cutover_mark::CutoverMark::read(source_dir)? {
+        let durable = log.durable_lsn()?;
+        tracing::warn!(source = %source_id, cutover_lsn = mark.cutover_lsn, at = %mark.at, "this source was cut over: nothing after its cutover record is shipped");
+        if durable > mark.lsn() {
+            eprintln!(
+                "warning: source {source_id:?} was cut over at {} (LSN {}), but its log holds {} records after that: writes that reached SQLite after the cutover. They stay in the log (`ferry log inspect`) and are not shipped over what the application has written to PostgreSQL since.",
+                mark.at,
+                mark.cutover_lsn,
+                durable.0 - mark.cutover_lsn
+            );
+        }
+        limit.store(mark.cutover_lsn, std::sync::atomic::Ordering::SeqCst);
+    }
+    let mut source = LogRecordSource::with_limit(log.clone(), limit.clone());
     let summary = if args.once {
-        let end = log.durable_lsn()?;
+        let end = log
+            .durable_lsn()?
+            .min(Lsn(limit.load(std::sync::atomic::Ordering::SeqCst)));
         tracing::info!(source = %source_id, end = %end, "shipping until caught up");
         shipper.run_until_caught_up(&mut source, end).await
     } else {
