@@ -7,6 +7,7 @@
 //! Usage:
 //!   sqlite_snapshot_load load <app.db> <postgres-url> [--no-profile]
 //!   sqlite_snapshot_load stream <postgres-url> <transactions> <rows-per-transaction>
+//!   sqlite_snapshot_load lag <postgres-url> <transactions-per-second> <seconds>
 
 use ferry_core::{
     Affinity, Column, ForeignKey, KeyColumns, Lsn, Record, RowChange, SchemaRow, SnapshotBegin,
@@ -357,8 +358,8 @@ async fn load(path: &str, url: &str, profile: bool) -> Result<(), Box<dyn std::e
     Ok(())
 }
 
-async fn stream(url: &str, txns: usize, per: usize) -> Result<(), Box<dyn std::error::Error>> {
-    let schema = TableSchema {
+fn kv_schema() -> TableSchema {
+    TableSchema {
         name: "kv".into(),
         columns: vec![
             Column {
@@ -403,7 +404,27 @@ async fn stream(url: &str, txns: usize, per: usize) -> Result<(), Box<dyn std::e
         unique: vec![],
         foreign_keys: vec![],
         sql: String::new(),
-    };
+    }
+}
+
+fn empty_snapshot() -> Vec<Record> {
+    vec![
+        Record::SnapshotBegin(SnapshotBegin {
+            position: SourcePosition::None,
+            captured_at: 0,
+            tables: vec![kv_schema()],
+            schema_rows: vec![],
+        }),
+        Record::SnapshotEnd(SnapshotEnd {
+            position: SourcePosition::None,
+            captured_at: 0,
+            row_counts: vec![],
+        }),
+    ]
+}
+
+async fn stream(url: &str, txns: usize, per: usize) -> Result<(), Box<dyn std::error::Error>> {
+    let schema = kv_schema();
     let mut recs = vec![
         Record::SnapshotBegin(SnapshotBegin {
             position: SourcePosition::None,
@@ -470,6 +491,144 @@ async fn stream(url: &str, txns: usize, per: usize) -> Result<(), Box<dyn std::e
     Ok(())
 }
 
+/// A log that a writer thread appends to while the shipper reads it; `read_batch` waits
+/// for records like the durable log does.
+#[derive(Clone, Default)]
+struct PacedLog {
+    inner: std::sync::Arc<(std::sync::Mutex<Vec<Record>>, std::sync::Condvar)>,
+}
+
+impl RecordSource for PacedLog {
+    fn log_id(&self) -> String {
+        "1a91a91a91a91a91a91a91a91a91a91a".into()
+    }
+
+    fn read_batch(
+        &mut self,
+        after: Lsn,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<(Lsn, Record)>, RecordSourceError> {
+        let (m, cv) = &*self.inner;
+        let deadline = Instant::now() + wait;
+        let mut v = m
+            .lock()
+            .map_err(|_| RecordSourceError::new("log lock poisoned"))?;
+        while v.len() as u64 <= after.0 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(vec![]);
+            }
+            v = cv
+                .wait_timeout(v, left)
+                .map_err(|_| RecordSourceError::new("log lock poisoned"))?
+                .0;
+        }
+        Ok(v.iter()
+            .enumerate()
+            .skip(after.0 as usize)
+            .take(max)
+            .map(|(i, r)| (Lsn(i as u64 + 1), r.clone()))
+            .collect())
+    }
+}
+
+/// Lag at a steady rate: a writer appends `rate` one-row transactions per second for
+/// `seconds`; a poller notes when each LSN became applied (the shipper's status moves after
+/// PostgreSQL's COMMIT returned, so the row is visible by then). Lag of a transaction =
+/// applied time − append time; prints p50, p99 and max.
+async fn lag(url: &str, rate: u64, seconds: u64) -> Result<(), Box<dyn std::error::Error>> {
+    let log = PacedLog::default();
+    {
+        let (m, _) = &*log.inner;
+        m.lock().map_err(|_| "lock")?.extend(empty_snapshot());
+    }
+    let base = empty_snapshot().len() as u64;
+    let opts = ShipOptions {
+        source_id: "lag".into(),
+        ..ShipOptions::default()
+    };
+    let mut shipper = Shipper::new(PgTarget::parse(url)?, opts).await?;
+    let status = shipper.status_handle();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut reader = log.clone();
+    let run = tokio::spawn(async move { shipper.run(&mut reader, stop_rx).await });
+    // Wait for the (empty) load to finish before pacing.
+    while status.lock().map(|s| s.applied_lsn.0).unwrap_or(0) < base {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let total = rate * seconds;
+    let writer_log = log.clone();
+    let writer = std::thread::spawn(move || {
+        let start = Instant::now();
+        let mut appended_at = Vec::with_capacity(total as usize);
+        for i in 0..total {
+            let due = start + Duration::from_secs_f64(i as f64 / rate as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            let k = (i % 100_000) as i64;
+            let rec = Record::Transaction(Transaction {
+                position: SourcePosition::None,
+                captured_at: ferry_core::now_micros(),
+                schema_changes: vec![],
+                changes: vec![RowChange {
+                    table: "kv".into(),
+                    op: ferry_core::Op::Update,
+                    key: vec![Value::Integer(k)],
+                    before: None,
+                    after: Some(vec![
+                        Value::Integer(k),
+                        Value::text(format!("v{i}")),
+                        Value::Real(i as f64),
+                    ]),
+                }],
+                resync: false,
+            });
+            let (m, cv) = &*writer_log.inner;
+            if let Ok(mut v) = m.lock() {
+                v.push(rec);
+                appended_at.push(Instant::now());
+                cv.notify_all();
+            }
+        }
+        appended_at
+    });
+    let mut applied: Vec<(Lsn, Instant)> = Vec::new();
+    let last = Lsn(base + total);
+    let mut seen = Lsn::ZERO;
+    while seen < last {
+        let now = status.lock().map(|s| s.applied_lsn).unwrap_or(Lsn::ZERO);
+        if now > seen {
+            applied.push((now, Instant::now()));
+            seen = now;
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let _ = stop_tx.send(true);
+    run.await??;
+    let appended_at = writer.join().map_err(|_| "writer panicked")?;
+    let mut lags: Vec<f64> = Vec::with_capacity(appended_at.len());
+    let mut j = 0usize;
+    for (i, at) in appended_at.iter().enumerate() {
+        let lsn = Lsn(base + i as u64 + 1);
+        while applied[j].0 < lsn {
+            j += 1;
+        }
+        lags.push(applied[j].1.saturating_duration_since(*at).as_secs_f64());
+    }
+    lags.sort_by(f64::total_cmp);
+    let q = |p: f64| lags[((lags.len() as f64 * p) as usize).min(lags.len() - 1)] * 1000.0;
+    println!(
+        "ferry lag: {total} one-row transactions at {rate}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+    Ok(())
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -480,7 +639,8 @@ fn main() {
         match args.get(1).map(String::as_str) {
             Some("load") if args.len() >= 4 => load(&args[2], &args[3], !args.iter().any(|a| a == "--no-profile")).await,
             Some("stream") if args.len() == 5 => stream(&args[2], args[3].parse()?, args[4].parse()?).await,
-            _ => Err("usage: sqlite_snapshot_load load <app.db> <url> [--no-profile] | stream <url> <txns> <rows-per-txn>".into()),
+            Some("lag") if args.len() == 5 => lag(&args[2], args[3].parse()?, args[4].parse()?).await,
+            _ => Err("usage: sqlite_snapshot_load load <app.db> <url> [--no-profile] | stream <url> <txns> <rows-per-txn> | lag <url> <txns-per-second> <seconds>".into()),
         }
     });
     if let Err(e) = r {

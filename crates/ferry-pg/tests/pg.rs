@@ -2053,3 +2053,122 @@ async fn create_mode_follows_drop_rename_and_rebuild() {
         "one index, following both renames"
     );
 }
+
+/// PostgreSQL crashes (SIGKILL) mid-stream and comes back after crash recovery: the running
+/// shipper waits for it, resumes from ferry.progress, and ends equal to the fold with the
+/// progress at the log's last LSN; the bank's total holds in PostgreSQL throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_crash_and_restart_mid_stream() {
+    let mut server = tokio::task::spawn_blocking(|| {
+        ferry_pgserver::LocalServer::start(ferry_pgserver::ServerOptions::default())
+            .expect("starting a private PostgreSQL")
+    })
+    .await
+    .unwrap();
+    let url = format!("{}?sslmode=disable", server.url("postgres"));
+    let seed = 11;
+    let records = workload::records(seed, 3000);
+    let last = workload::last_lsn(&records);
+    let source = GrowingSource::new();
+    let mut pushed = 0usize;
+    let mut push_until = |n: usize| {
+        while pushed < n.min(records.len()) {
+            source.push(records[pushed].clone());
+            pushed += 1;
+        }
+    };
+    push_until(records.len() / 3);
+    let mut o = opts("crash");
+    o.batch_max_records = 50;
+    let mut shipper = Shipper::new(PgTarget::parse(&url).unwrap(), o)
+        .await
+        .unwrap();
+    let status = shipper.status_handle();
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut shipper_source = source.clone();
+    let run = tokio::spawn(async move {
+        let r = shipper.run(&mut shipper_source, stop_rx).await;
+        (r, shipper)
+    });
+    let applied = || status.lock().unwrap().applied_lsn;
+    let wait_for = |lsn: Lsn| {
+        let status = status.clone();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(90);
+            loop {
+                let s = status.lock().unwrap().clone();
+                if s.applied_lsn >= lsn {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "shipper stuck at {} (want {lsn}), phase {}, last error {:?}",
+                    s.applied_lsn,
+                    s.phase,
+                    s.last_error
+                );
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    };
+    // Past the snapshot and some batches, then crash the server while the log grows.
+    wait_for(Lsn(records.len() as u64 / 6)).await;
+    let server = tokio::task::spawn_blocking(move || {
+        server.kill_and_wait();
+        server
+    })
+    .await
+    .unwrap();
+    let at_crash = applied();
+    push_until(2 * records.len() / 3);
+    let mut server = tokio::task::spawn_blocking(move || {
+        let mut server = server;
+        server.restart().expect("restarting PostgreSQL");
+        server
+    })
+    .await
+    .unwrap();
+    push_until(records.len());
+    wait_for(last).await;
+    stop_tx.send(true).unwrap();
+    let (r, _shipper) = run.await.unwrap();
+    let summary = r.unwrap();
+    assert_eq!(summary.applied_lsn, last);
+    assert!(
+        summary.stats.reconnects >= 1,
+        "the crash at {at_crash} went unnoticed: {:?}",
+        summary.stats
+    );
+    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let p = read_progress(&client, "crash").await.unwrap().unwrap();
+    assert_eq!(p.lsn, last);
+    let mut fold = Fold::new();
+    for r in &records {
+        fold.apply(r).unwrap();
+    }
+    let rows: Vec<Vec<Value>> = client
+        .query("SELECT id, owner, balance FROM accounts ORDER BY id", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            vec![
+                Value::Integer(r.get(0)),
+                Value::text(r.get::<_, String>(1)),
+                Value::Integer(r.get(2)),
+            ]
+        })
+        .collect();
+    let want: Vec<Vec<Value>> = fold.tables["accounts"].rows.values().cloned().collect();
+    assert!(rows == want, "accounts differ from the fold");
+    let ledger: i64 = client
+        .query_one("SELECT count(*) FROM ledger", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ledger as usize, fold.tables["ledger"].rows.len());
+    server.stop();
+}
