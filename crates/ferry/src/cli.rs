@@ -156,6 +156,13 @@ pub struct RunArgs {
     /// Read-only admin HTTP endpoint (status, health, metrics).
     #[arg(long, env = "FERRY_ADMIN_ADDR")]
     pub admin_addr: Option<String>,
+    /// Archive base backups and sealed log segments here, for point-in-time restore
+    /// (overrides `[archive] dir`).
+    #[arg(long, env = "FERRY_ARCHIVE_DIR")]
+    pub archive_dir: Option<PathBuf>,
+    /// Take a base backup this often, e.g. "6h" (overrides `[archive] base_interval`).
+    #[arg(long, env = "FERRY_BASE_INTERVAL", requires = "archive_dir")]
+    pub base_interval: Option<String>,
 }
 
 #[derive(Args, Debug)]

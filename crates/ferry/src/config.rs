@@ -70,11 +70,10 @@ pub struct SourceConfig {
     pub exclude: Vec<String>,
 }
 
-/// The `[archive]` section (backups and point-in-time restore, issue #7): accepted and
-/// validated now so configurations can carry it; `ferry run` does not archive yet.
+/// The `[archive]` section: base backups and sealed log segments for point-in-time restore
+/// (proto/archive.md).
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[allow(dead_code)]
 pub struct ArchiveConfig {
     pub dir: PathBuf,
     /// e.g. "6h"
@@ -82,6 +81,35 @@ pub struct ArchiveConfig {
     /// e.g. "7d"
     pub retention: Option<String>,
     pub keep_bases: Option<u32>,
+}
+
+impl ArchiveConfig {
+    pub fn options(&self) -> Result<ferry_archive::ArchiveOptions, ConfigError> {
+        let duration =
+            |field: &str, v: &Option<String>| -> Result<Option<std::time::Duration>, ConfigError> {
+                v.as_deref()
+                    .map(|t| {
+                        humantime::parse_duration(t).map_err(|e| ConfigError::Invalid {
+                            field: format!("archive.{field}"),
+                            problem: format!("{t:?} is not a duration like \"6h\" or \"7d\" ({e})"),
+                        })
+                    })
+                    .transpose()
+            };
+        let mut o = ferry_archive::ArchiveOptions::new(self.dir.clone());
+        o.base_interval = duration("base_interval", &self.base_interval)?;
+        o.keep_for = duration("retention", &self.retention)?;
+        if let Some(k) = self.keep_bases {
+            if k == 0 {
+                return Err(ConfigError::Invalid {
+                    field: "archive.keep_bases".into(),
+                    problem: "must be at least 1 (a restore needs a base)".into(),
+                });
+            }
+            o.keep_bases = k as usize;
+        }
+        Ok(o)
+    }
 }
 
 fn default_kind() -> String {
@@ -136,6 +164,9 @@ impl Config {
                 problem: problem.into(),
             })
         };
+        if let Some(a) = &self.archive {
+            a.options()?;
+        }
         let mut names = std::collections::HashSet::new();
         for (i, s) in self.sources.iter().enumerate() {
             let f = |k: &str| format!("source[{i}].{k}");

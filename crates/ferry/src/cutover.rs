@@ -74,12 +74,14 @@ pub async fn serve_control(listener: tokio::net::UnixListener, ctx: Arc<RunConte
                     }
                 }
                 Request::BackupNow => {
-                    let _ = conv
-                        .send(&Event::Error {
-                            message: "backups are not built yet (issue #7)".into(),
+                    let event = match backup_now(&ctx).await {
+                        Ok(detail) => Event::Done { detail },
+                        Err(e) => Event::Error {
+                            message: format!("{e:#}"),
                             fence_released: false,
-                        })
-                        .await;
+                        },
+                    };
+                    let _ = conv.send(&event).await;
                 }
                 Request::Switched { .. } => {
                     let _ = conv
@@ -92,6 +94,25 @@ pub async fn serve_control(listener: tokio::net::UnixListener, ctx: Arc<RunConte
             }
         });
     }
+}
+
+/// `ferry backup now`: every source's capture thread takes a base into the archive.
+async fn backup_now(
+    ctx: &RunContext,
+) -> anyhow::Result<serde_json::Map<String, serde_json::Value>> {
+    let mut detail = serde_json::Map::new();
+    for src in &ctx.sources {
+        let (tx, rx) = std::sync::mpsc::channel();
+        src.capture_tx
+            .send(crate::cmd::run::CaptureRequest::BackupNow(tx))
+            .map_err(|_| anyhow::anyhow!("source {}: capture is not running", src.id))?;
+        let base = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(600)))
+            .await?
+            .map_err(|_| anyhow::anyhow!("source {}: no base within 10 minutes", src.id))?
+            .map_err(|e| anyhow::anyhow!("source {}: {e}", src.id))?;
+        detail.insert(src.id.clone(), base);
+    }
+    Ok(detail)
 }
 
 async fn step(conv: &mut control::Conversation, step: &str, message: String) -> anyhow::Result<()> {
@@ -145,8 +166,8 @@ fn first_difference(results: &[crate::cmd::verify::TableResult]) -> Option<Strin
 /// Asks the capture thread to read everything committed now; returns the durable LSN.
 async fn drain(src: &SourceRuntime) -> anyhow::Result<Lsn> {
     let (tx, rx) = std::sync::mpsc::channel();
-    src.drain_tx
-        .send(tx)
+    src.capture_tx
+        .send(crate::cmd::run::CaptureRequest::Drain(tx))
         .map_err(|_| anyhow::anyhow!("source {}: capture is not running", src.id))?;
     tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
         .await?
@@ -296,8 +317,8 @@ async fn cutover(
     let mut drained = Vec::new();
     for src in &ctx.sources {
         let (tx, rx) = std::sync::mpsc::channel();
-        src.drain_tx
-            .send(tx)
+        src.capture_tx
+            .send(crate::cmd::run::CaptureRequest::Drain(tx))
             .map_err(|_| anyhow::anyhow!("source {}: capture is not running", src.id))?;
         let end = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
             .await?

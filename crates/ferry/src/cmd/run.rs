@@ -34,15 +34,22 @@ pub struct SourceRuntime {
     pub path: PathBuf,
     pub log: Arc<ferry_log::Log>,
     pub capture_stats: Arc<Mutex<CaptureStats>>,
-    /// Cutover asks the capture thread to read everything committed now and answer with the
-    /// durable LSN.
-    pub drain_tx: std::sync::mpsc::Sender<std::sync::mpsc::Sender<Result<Lsn, String>>>,
+    /// Requests the capture thread serves between steps: drain (cutover) and backup now.
+    pub capture_tx: std::sync::mpsc::Sender<CaptureRequest>,
     pub ship_status: Arc<Mutex<Option<Arc<Mutex<ferry_pg::ShipStatus>>>>>,
     pub ship_options: ShipOptions,
     /// LSN of the source's `Cutover` record once it is cut over (this run or an earlier one).
     pub cutover_lsn: Mutex<Option<Lsn>>,
     /// The shipper's "nothing after this LSN" limit (the cutover record; `u64::MAX`: none).
     pub ship_limit: Arc<std::sync::atomic::AtomicU64>,
+}
+
+/// What other parts of `ferry run` ask of a source's capture thread.
+pub enum CaptureRequest {
+    /// Read everything committed now; answer with the durable LSN.
+    Drain(std::sync::mpsc::Sender<Result<Lsn, String>>),
+    /// Take a base backup into the archive now; answer with what was archived.
+    BackupNow(std::sync::mpsc::Sender<Result<serde_json::Value, String>>),
 }
 
 pub struct RunContext {
@@ -89,6 +96,20 @@ fn merge_config(args: &RunArgs) -> anyhow::Result<Config> {
     }
     if let Some(t) = &args.target.target {
         cfg.target.url = Some(t.clone());
+    }
+    if let Some(d) = &args.archive_dir {
+        let a = cfg
+            .archive
+            .get_or_insert_with(|| crate::config::ArchiveConfig {
+                dir: d.clone(),
+                base_interval: None,
+                retention: None,
+                keep_bases: None,
+            });
+        a.dir = d.clone();
+        if let Some(b) = &args.base_interval {
+            a.base_interval = Some(b.clone());
+        }
     }
     anyhow::ensure!(
         !cfg.sources.is_empty(),
@@ -177,7 +198,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
                 })
                 .set(2);
         }
-        let (drain_tx, drain_rx) = std::sync::mpsc::channel();
+        let (capture_tx, capture_rx) = std::sync::mpsc::channel();
         let ship_options = ShipOptions {
             schema: sc.schema.clone(),
             table_prefix: sc.table_prefix.clone(),
@@ -196,7 +217,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
             path: sc.path.clone(),
             log: log.clone(),
             capture_stats: Default::default(),
-            drain_tx,
+            capture_tx,
             ship_status: Default::default(),
             ship_options,
             cutover_lsn: Mutex::new(mark.as_ref().map(|m| m.lsn())),
@@ -217,7 +238,8 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
             status.clone(),
             metrics.clone(),
             stop.clone(),
-            drain_rx,
+            capture_rx,
+            cfg.archive.clone(),
         ));
         ship_tasks.push(tokio::spawn(ship_loop(
             target.clone(),
@@ -305,9 +327,11 @@ fn spawn_capture(
     status: Arc<RunStatus>,
     metrics: Arc<Metrics>,
     stop: Arc<AtomicBool>,
-    drain_rx: std::sync::mpsc::Receiver<std::sync::mpsc::Sender<Result<Lsn, String>>>,
+    requests: std::sync::mpsc::Receiver<CaptureRequest>,
+    archive: Option<crate::config::ArchiveConfig>,
 ) -> std::thread::JoinHandle<()> {
     let work_dir = dir.capture_dir(&SourceId(src.id.clone()));
+    let log_dir = dir.log_dir(&SourceId(src.id.clone()));
     std::thread::Builder::new()
         .name(format!("capture-{}", src.id))
         .spawn(move || {
@@ -324,11 +348,29 @@ fn spawn_capture(
                     Arc::new(LogSink(src.log.clone())),
                     opts,
                 )
-                .and_then(|mut cap| capture_loop(&mut cap, &src, &status, &stop, &drain_rx));
+                .map_err(anyhow::Error::from)
+                .and_then(|mut cap| {
+                    let archiver = match &archive {
+                        Some(a) => Some(
+                            ferry_archive::Archiver::open(a.options()?, &src.id, &log_dir)
+                                .context("opening the archive")?,
+                        ),
+                        None => None,
+                    };
+                    let mut ctx = CaptureContext {
+                        src: &src,
+                        status: &status,
+                        metrics: &metrics,
+                        work_dir: &work_dir,
+                        archiver,
+                        last_archive_tick: None,
+                    };
+                    capture_loop(&mut cap, &mut ctx, &stop, &requests)
+                });
                 match result {
                     Ok(()) => return,
                     Err(e) => {
-                        let msg = format!("capture of {}: {e}", src.path.display());
+                        let msg = format!("capture of {}: {e:#}", src.path.display());
                         tracing::error!(source = %src.id, error = %msg, "capture failed; retrying");
                         status.update(&src.id, |s| {
                             s.state = SourceState::Error;
@@ -359,13 +401,93 @@ fn spawn_capture(
         .unwrap_or_else(|e| panic!("spawning a capture thread: {e}"))
 }
 
+/// What the capture thread works with besides the capture itself.
+struct CaptureContext<'a> {
+    src: &'a SourceRuntime,
+    status: &'a RunStatus,
+    metrics: &'a Metrics,
+    work_dir: &'a std::path::Path,
+    archiver: Option<ferry_archive::Archiver>,
+    last_archive_tick: Option<Instant>,
+}
+
+/// How often the capture thread archives sealed segments and checks the base schedule.
+const ARCHIVE_TICK: Duration = Duration::from_secs(1);
+
+impl CaptureContext<'_> {
+    /// One round of archiving (when an archive is configured): sealed segments, a base when
+    /// due or forced, retention; then the archive metrics.
+    fn archive(
+        &mut self,
+        cap: &mut SqliteCapture,
+        force_base: bool,
+    ) -> anyhow::Result<Option<serde_json::Value>> {
+        let Some(archiver) = self.archiver.as_mut() else {
+            anyhow::ensure!(
+                !force_base,
+                "no archive is configured: start ferry run with --archive-dir or an [archive] section"
+            );
+            return Ok(None);
+        };
+        if !force_base
+            && self
+                .last_archive_tick
+                .is_some_and(|t| t.elapsed() < ARCHIVE_TICK)
+        {
+            return Ok(None);
+        }
+        self.last_archive_tick = Some(Instant::now());
+        let tick = crate::archiving::archive_tick(
+            archiver,
+            cap,
+            &self.src.log,
+            self.work_dir,
+            crate::archiving::DEFAULT_SEAL_AFTER,
+            force_base,
+        )?;
+        if let Some(b) = &tick.base {
+            tracing::info!(source = %self.src.id, lsn = %b.lsn, "base backup archived");
+        }
+        let st = archiver.status();
+        let l = SourceLabel {
+            source: self.src.id.clone(),
+        };
+        let m = self.metrics;
+        if let Some(at) = st.last_base_at {
+            m.archive_last_base_timestamp
+                .get_or_create(&l)
+                .set(at / 1_000_000);
+        }
+        if let Some(lsn) = st.last_base_lsn {
+            m.archive_last_base_lsn.get_or_create(&l).set(lsn.0 as i64);
+        }
+        m.archive_bytes
+            .get_or_create(&l)
+            .set(st.archive_bytes as i64);
+        let behind = self
+            .src
+            .log
+            .segments()
+            .map(|segs| {
+                segs.iter()
+                    .filter(|s| s.sealed && s.last_lsn > st.archived_through_lsn)
+                    .count()
+            })
+            .unwrap_or(0);
+        m.archive_lag_segments.get_or_create(&l).set(behind as i64);
+        Ok(tick
+            .base
+            .map(|b| serde_json::to_value(&b).unwrap_or_default()))
+    }
+}
+
 fn capture_loop(
     cap: &mut SqliteCapture,
-    src: &SourceRuntime,
-    status: &RunStatus,
+    ctx: &mut CaptureContext<'_>,
     stop: &AtomicBool,
-    drain_rx: &std::sync::mpsc::Receiver<std::sync::mpsc::Sender<Result<Lsn, String>>>,
-) -> Result<(), ferry_sqlite::CaptureError> {
+    requests: &std::sync::mpsc::Receiver<CaptureRequest>,
+) -> anyhow::Result<()> {
+    let (src, status) = (ctx.src, ctx.status);
     let mut cleared_error = false;
     loop {
         cap.catch_up()?;
@@ -386,11 +508,32 @@ fn capture_loop(
             });
             cleared_error = true;
         }
+        if let Err(e) = ctx.archive(cap, false) {
+            // The log keeps every change; archiving retries at the next tick.
+            tracing::error!(source = %src.id, error = %format!("{e:#}"), "archiving failed; retrying");
+            ctx.metrics
+                .source_errors
+                .get_or_create(&crate::metrics::SourceError {
+                    source: src.id.clone(),
+                    stage: "archive".into(),
+                    kind: "io".into(),
+                })
+                .inc();
+        }
         if stop.load(Ordering::SeqCst) {
+            if ctx.archiver.is_some() {
+                // On shutdown the open segment is sealed and archived, so the archive covers
+                // everything captured up to here.
+                let sealed = src.log.seal().map_err(anyhow::Error::from);
+                ctx.last_archive_tick = None;
+                if let Err(e) = sealed.and_then(|()| ctx.archive(cap, false).map(|_| ())) {
+                    tracing::error!(source = %src.id, error = %format!("{e:#}"), "archiving at shutdown failed; the log keeps every change and the next run archives it");
+                }
+            }
             return Ok(());
         }
-        match drain_rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(reply) => {
+        match requests.recv_timeout(Duration::from_millis(50)) {
+            Ok(CaptureRequest::Drain(reply)) => {
                 // Everything committed before this request is captured when catch_up returns.
                 let r = cap
                     .catch_up()
@@ -399,6 +542,15 @@ fn capture_loop(
                 if let Ok(mut s) = src.capture_stats.lock() {
                     *s = cap.stats();
                 }
+                let _ = reply.send(r);
+            }
+            Ok(CaptureRequest::BackupNow(reply)) => {
+                let r = cap
+                    .catch_up()
+                    .map_err(anyhow::Error::from)
+                    .and_then(|_| ctx.archive(cap, true))
+                    .map(Option::unwrap_or_default)
+                    .map_err(|e| format!("{e:#}"));
                 let _ = reply.send(r);
             }
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}

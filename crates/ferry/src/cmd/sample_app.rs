@@ -169,9 +169,7 @@ pub fn run(
                     && summary.commits.is_multiple_of(opts.checkpoint_every)
                 {
                     let sql = format!("PRAGMA wal_checkpoint({})", opts.checkpoint_mode);
-                    match conn.query_row(&sql, [], |r| {
-                        r.get::<_, i64>(0)
-                    }) {
+                    match conn.query_row(&sql, [], |r| r.get::<_, i64>(0)) {
                         Ok(_) => summary.checkpoints += 1,
                         Err(e) if is_busy(&e) => summary.busy_retries += 1,
                         Err(e) => return Err(e).context("sample application checkpoint"),
