@@ -1,4 +1,4 @@
-//! The command-line contract: exit codes, and commands that are not built yet saying so.
+//! The command-line contract: exit codes and clear errors.
 
 use ferry_e2e::{expect_exit, run_ferry};
 

@@ -3,11 +3,9 @@
 //! live in the library crates.
 //!
 //! Exit codes: 0 success; 1 only where a command defines it (`verify`: "different"); 2 for
-//! every error, including a subcommand that is not built yet.
+//! every error.
 
 mod admin;
-// Called from the capture thread once `ferry run` archives (issue 7); the lead wires it.
-#[allow(dead_code)]
 mod archiving;
 mod cli;
 mod cmd;
@@ -18,8 +16,6 @@ mod cutover_mark;
 mod fence;
 mod logview;
 mod pipeline;
-// Wired into `ferry run` (issue 5); until then only its test uses it.
-#[allow(dead_code)]
 mod metrics;
 mod runfile;
 mod signals;

@@ -14,7 +14,6 @@ pub mod status;
 pub mod verify;
 
 use crate::cli::{Cli, Command, GlobalArgs, LogFormat, SampleAppArgs};
-use anyhow::bail;
 use std::process::ExitCode;
 
 pub fn init_tracing(g: &GlobalArgs) {
@@ -27,12 +26,6 @@ pub fn init_tracing(g: &GlobalArgs) {
         LogFormat::Human => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
-}
-
-/// A subcommand whose issue has not landed yet says so and fails; it never pretends.
-#[allow(dead_code)]
-fn not_built(command: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    bail!("`ferry {command}` is not built yet (tracked in issue #{issue}); nothing was done")
 }
 
 pub fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
