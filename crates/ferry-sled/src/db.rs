@@ -59,7 +59,9 @@ pub struct CaptureOptions {
     /// Flush sled before each captured write returns (sled's `TransactionalTree::flush`).
     /// Off by default, like sled itself: a write is then durable at sled's next flush.
     pub flush_on_commit: bool,
-    /// Writers wait when this many outbox entries are waiting for the mover.
+    /// Writers wait when this many outbox entries are waiting for the mover. Admission is
+    /// checked before the transaction without a lock, so each concurrently writing thread
+    /// may get one entry past it.
     pub outbox_limit: u64,
     /// How long a writer waits for room before it fails with
     /// [`CaptureError::Backpressure`].
