@@ -16,7 +16,7 @@
 use crate::apply::{self, StagedSql};
 use crate::error::PgError;
 use crate::ident::quote_ident;
-use crate::mapping::TableMap;
+use crate::mapping::{MapNotice, TableMap};
 use crate::progress;
 use crate::shipper::{SnapshotChunk, TargetMode};
 use crate::target::PgTarget;
@@ -343,4 +343,92 @@ async fn load_table_in(
 
 fn lsn_before(lsn: Lsn) -> Lsn {
     Lsn(lsn.0.saturating_sub(1))
+}
+
+/// Memory for index builds on the post-load connections (PostgreSQL's default is 64 MB).
+const INDEX_BUILD_MEMORY: &str = "256MB";
+
+/// Runs independent DDL statements (`(table, statement)`: UNIQUE constraints, indexes),
+/// each in its own transaction, on up to `connections` connections at once. A statement
+/// whose object already exists (an earlier attempt ran it) is done; one PostgreSQL rejects
+/// (the SQLite data violates a UNIQUE constraint SQLite did not have, say) becomes a notice
+/// and is skipped; a connection failure is returned, to retry the whole step.
+pub(crate) async fn run_independent_ddl(
+    target: &PgTarget,
+    connections: usize,
+    statements: Vec<(String, String)>,
+) -> Result<Vec<MapNotice>, PgError> {
+    use futures_util::StreamExt;
+    if statements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let n = connections.min(statements.len()).max(1);
+    let (pool_tx, mut pool_rx) = mpsc::channel::<Client>(n);
+    for _ in 0..n {
+        let client = target.connect().await?;
+        client
+            .batch_execute(&format!(
+                "SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'"
+            ))
+            .await
+            .map_err(|e| PgError::pg("preparing an index-build connection", e))?;
+        pool_tx.send(client).await.map_err(|_| PgError::Table {
+            table: String::new(),
+            reason: "internal: index-build connection pool closed".into(),
+        })?;
+    }
+    let mut jobs = Vec::with_capacity(statements.len());
+    for (table, stmt) in statements {
+        let client = pool_rx.recv().await.ok_or_else(|| PgError::Table {
+            table: table.clone(),
+            reason: "internal: index-build connection pool closed".into(),
+        })?;
+        let pool = pool_tx.clone();
+        jobs.push(tokio::spawn(async move {
+            let r = client.batch_execute(&stmt).await;
+            let _ = pool.send(client).await;
+            match r {
+                Ok(()) => Ok(None),
+                // 42P07 duplicate_table (the index exists), 42710 duplicate_object (the
+                // constraint exists): done by an earlier attempt.
+                Err(e) if matches!(e.code().map(|c| c.code()), Some("42P07" | "42710")) => Ok(None),
+                Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
+                    Ok(Some(MapNotice {
+                        table,
+                        column: None,
+                        message: format!(
+                            "could not run `{stmt}`: {}; skipped",
+                            e.as_db_error()
+                                .map(|d| d.message().to_string())
+                                .unwrap_or_default()
+                        ),
+                    }))
+                }
+                Err(e) => Err(PgError::pg(format!("running `{stmt}`"), e)),
+            }
+        }));
+    }
+    drop(pool_tx);
+    let mut notices = Vec::new();
+    let mut first_err = None;
+    let mut results = futures_util::stream::iter(jobs).buffer_unordered(n);
+    while let Some(r) = results.next().await {
+        match r {
+            Ok(Ok(Some(n))) => notices.push(n),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                first_err.get_or_insert(e);
+            }
+            Err(e) => {
+                first_err.get_or_insert(PgError::Table {
+                    table: String::new(),
+                    reason: format!("internal: an index build task failed: {e}"),
+                });
+            }
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(notices),
+    }
 }

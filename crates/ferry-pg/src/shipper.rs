@@ -204,6 +204,9 @@ pub struct Shipper {
 
 const MAX_NOTICES: usize = 200;
 
+/// A DDL statement and the SQLite table it is for (for notices).
+type TableStatement = (String, String);
+
 /// Snapshot records read at a time by the load's two passes: each holds up to a few
 /// thousand rows, so this (with the loader's channels) bounds the load's memory.
 const SNAPSHOT_READ_RECORDS: usize = 8;
@@ -991,11 +994,13 @@ impl Shipper {
         let maps = self.maps.clone();
         let source_id = self.opts.source_id.clone();
         let applied = self.applied;
-        let client = client_of(&mut self.client)?;
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| PgError::pg("starting the post-load transaction", e))?;
+        // UNIQUE constraints and indexes: each statement on its own connection and in its
+        // own transaction, `load_connections` at a time (index builds are the longest part
+        // after the data, and independent). Idempotent — a statement an earlier attempt
+        // already ran finds its object and counts as done — so a crash before the final
+        // transaction below just runs them again. Foreign keys need both tables complete
+        // and go in the final transaction.
+        let mut per_table: Vec<(String, Vec<String>)> = Vec::new();
         if create {
             for map in maps.values() {
                 if map.target_schema == "ferry" {
@@ -1006,31 +1011,52 @@ impl Shipper {
                     .filter(|i| i.table.eq_ignore_ascii_case(&map.source.name))
                     .cloned()
                     .collect();
-                for stmt in mapping::post_load_statements(map, &idx, &maps, &mut notices) {
-                    tx.batch_execute("SAVEPOINT ferry_ddl")
-                        .await
-                        .map_err(|e| PgError::pg("savepoint", e))?;
-                    match tx.batch_execute(&stmt).await {
-                        Ok(()) => {}
-                        Err(e)
-                            if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) =>
-                        {
-                            notices.push(MapNotice {
-                                table: map.source.name.clone(),
-                                column: None,
-                                message: format!(
-                                    "could not run `{stmt}`: {}; skipped",
-                                    e.as_db_error()
-                                        .map(|d| d.message().to_string())
-                                        .unwrap_or_default()
-                                ),
-                            });
-                            tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
-                                .await
-                                .map_err(|e| PgError::pg("rollback to savepoint", e))?;
-                        }
-                        Err(e) => return Err(PgError::pg(format!("running `{stmt}`"), e)),
+                per_table.push((
+                    map.source.name.clone(),
+                    mapping::post_load_statements(map, &idx, &maps, &mut notices),
+                ));
+            }
+        }
+        let (foreign_keys, parallel): (Vec<TableStatement>, Vec<TableStatement>) = per_table
+            .into_iter()
+            .flat_map(|(t, stmts)| stmts.into_iter().map(move |s| (t.clone(), s)))
+            .partition(|(_, s)| s.contains(" FOREIGN KEY "));
+        notices.extend(
+            crate::load::run_independent_ddl(
+                &self.target,
+                self.opts.load_connections.max(1),
+                parallel,
+            )
+            .await?,
+        );
+        let client = client_of(&mut self.client)?;
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| PgError::pg("starting the post-load transaction", e))?;
+        if create {
+            for (table, stmt) in foreign_keys {
+                tx.batch_execute("SAVEPOINT ferry_ddl")
+                    .await
+                    .map_err(|e| PgError::pg("savepoint", e))?;
+                match tx.batch_execute(&stmt).await {
+                    Ok(()) => {}
+                    Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
+                        notices.push(MapNotice {
+                            table: table.clone(),
+                            column: None,
+                            message: format!(
+                                "could not run `{stmt}`: {}; skipped",
+                                e.as_db_error()
+                                    .map(|d| d.message().to_string())
+                                    .unwrap_or_default()
+                            ),
+                        });
+                        tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
+                            .await
+                            .map_err(|e| PgError::pg("rollback to savepoint", e))?;
                     }
+                    Err(e) => return Err(PgError::pg(format!("running `{stmt}`"), e)),
                 }
             }
         }

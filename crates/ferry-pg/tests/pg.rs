@@ -2065,7 +2065,14 @@ async fn postgres_crash_and_restart_mid_stream() {
     })
     .await
     .unwrap();
-    let url = format!("{}?sslmode=disable", server.url("postgres"));
+    // Over the server's private unix socket: while the server is down its TCP port is free,
+    // and under a loaded machine another process's ephemeral port can take it, so the
+    // restarted server would listen on the socket only.
+    let url = format!(
+        "postgresql://postgres@/postgres?host={}&port={}&sslmode=disable",
+        server.socket_dir().display(),
+        server.port()
+    );
     let seed = 11;
     let records = workload::records(seed, 3000);
     let last = workload::last_lsn(&records);
@@ -2123,8 +2130,20 @@ async fn postgres_crash_and_restart_mid_stream() {
     push_until(2 * records.len() / 3);
     let mut server = tokio::task::spawn_blocking(move || {
         let mut server = server;
-        server.restart().expect("restarting PostgreSQL");
-        server
+        // LocalServer::restart trusts the stale postmaster.pid the killed server left (it
+        // says "ready"), and on a loaded machine the new postmaster can still find the old
+        // one's shared memory in use and exit. Restart until the server answers.
+        for _ in 0..4 {
+            server.restart().expect("restarting PostgreSQL");
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if server.psql("postgres", "SELECT 1").is_ok() {
+                    return server;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        panic!("PostgreSQL did not come back after 4 restarts");
     })
     .await
     .unwrap();
@@ -2139,10 +2158,7 @@ async fn postgres_crash_and_restart_mid_stream() {
         "the crash at {at_crash} went unnoticed: {:?}",
         summary.stats
     );
-    let (client, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    let client = PgTarget::parse(&url).unwrap().connect().await.unwrap();
     let p = read_progress(&client, "crash").await.unwrap().unwrap();
     assert_eq!(p.lsn, last);
     let mut fold = Fold::new();
