@@ -229,3 +229,47 @@ fn ferry_ship_replays_a_sled_state_dir_into_postgresql_and_resumes() {
         "PostgreSQL differs from sled after resuming"
     );
 }
+
+/// `ferry run` with a `kind = "sled"` source ships the library's state directory
+/// continuously while the application writes, and reports it in `ferry status`.
+#[test]
+fn ferry_run_ships_a_sled_source_while_the_application_writes() {
+    use ferry_e2e::live::FerryRun;
+    let pg = TestDb::new_blocking();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (path, state) = (dir.path().join("app"), dir.path().join("sled-state"));
+    let run_state = dir.path().join("run-state");
+    let sled_db = sled::open(&path).expect("sled");
+    let opts = CaptureOptions {
+        decoder: Arc::new(AppDecoder),
+        ..CaptureOptions::default()
+    };
+    let db = CapturedDb::with_db(sled_db.clone(), &path, &state, opts).expect("capture");
+    write(&db, 0, 100);
+    let config = dir.path().join("ferry.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[target]\nurl = \"{}\"\n\n[[source]]\nkind = \"sled\"\npath = \"{}\"\n",
+            pg.url(),
+            state.display()
+        ),
+    )
+    .expect("config");
+    let run = FerryRun::start(&run_state, ["--config", config.to_str().expect("utf-8")]);
+    write(&db, 100, 300);
+    db.close(Duration::from_secs(60)).expect("close");
+    run.wait_caught_up(Duration::from_secs(120));
+    let st = run.source_status();
+    assert_eq!(st["kind"], "sled", "{st}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    assert_eq!(
+        rt.block_on(from_pg(&pg)),
+        from_sled(&sled_db),
+        "PostgreSQL differs from sled under ferry run"
+    );
+    assert!(run.stop().success());
+}

@@ -166,12 +166,21 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
     let mut refences = Vec::new();
     let mut capture_threads = Vec::new();
     let mut ship_tasks = Vec::new();
+    let mut shipped_only = Vec::new();
     for (i, sc) in cfg.sources.iter().enumerate() {
-        anyhow::ensure!(
-            sc.kind == "sqlite",
-            "source[{i}]: kind {:?} is captured by the ferry-sled library inside the application; `ferry run` ships sled sources with `ferry ship`",
-            sc.kind
-        );
+        if sc.kind == "sled" {
+            let src = shipped_only_source(sc, &status, &metrics)
+                .with_context(|| format!("source[{i}] (sled, state directory {})", sc.path.display()))?;
+            ship_tasks.push(tokio::spawn(ship_loop(
+                target.clone(),
+                src.ship_input(),
+                status.clone(),
+                metrics.clone(),
+                stop_rx.clone(),
+            )));
+            shipped_only.push(src);
+            continue;
+        }
         let id = SourceId(cfg.source_name(i));
         check_source_meta(&dir, &id, &sc.kind, &sc.path)?;
         let log = open_log(&dir, &id)?;
@@ -243,7 +252,13 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
         ));
         ship_tasks.push(tokio::spawn(ship_loop(
             target.clone(),
-            src.clone(),
+            ShipInput {
+                id: src.id.clone(),
+                log: Arc::new(LogHandle::Writer(src.log.clone())),
+                ship_status: src.ship_status.clone(),
+                options: src.ship_options.clone(),
+                limit: src.ship_limit.clone(),
+            },
             status.clone(),
             metrics.clone(),
             stop_rx.clone(),
@@ -264,7 +279,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
         let (ctx, stop) = (ctx.clone(), stop.clone());
         std::thread::Builder::new()
             .name("monitor".into())
-            .spawn(move || monitor_loop(ctx, stop))
+            .spawn(move || monitor_loop(ctx, shipped_only, stop))
             .context("starting the monitor thread")?
     };
     let admin_addr = cfg
@@ -559,36 +574,44 @@ fn capture_loop(
     }
 }
 
+/// What a shipper task needs: the log to read, where to publish its status, how to ship.
+struct ShipInput {
+    id: String,
+    log: Arc<LogHandle>,
+    ship_status: Arc<Mutex<Option<Arc<Mutex<ferry_pg::ShipStatus>>>>>,
+    options: ShipOptions,
+    limit: Arc<std::sync::atomic::AtomicU64>,
+}
+
 async fn ship_loop(
     target: PgTarget,
-    src: Arc<SourceRuntime>,
+    input: ShipInput,
     status: Arc<RunStatus>,
     metrics: Arc<Metrics>,
     stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(500);
-    let handle = Arc::new(LogHandle::Writer(src.log.clone()));
     while !*stop.borrow() {
         let result = async {
-            tracing::debug!(source = %src.id, "connecting the shipper");
-            let mut shipper = Shipper::new(target.clone(), src.ship_options.clone()).await?;
-            tracing::debug!(source = %src.id, "shipper connected");
-            if let Ok(mut slot) = src.ship_status.lock() {
+            tracing::debug!(source = %input.id, "connecting the shipper");
+            let mut shipper = Shipper::new(target.clone(), input.options.clone()).await?;
+            tracing::debug!(source = %input.id, "shipper connected");
+            if let Ok(mut slot) = input.ship_status.lock() {
                 *slot = Some(shipper.status_handle());
             }
-            let mut source = LogRecordSource::with_limit(handle.clone(), src.ship_limit.clone());
+            let mut source = LogRecordSource::with_limit(input.log.clone(), input.limit.clone());
             shipper.run(&mut source, stop.clone()).await
         }
         .await;
         match result {
             Ok(summary) => {
-                let _ = src.log.set_consumer(SHIPPER_CONSUMER, summary.applied_lsn);
+                let _ = input.log.set_consumer(SHIPPER_CONSUMER, summary.applied_lsn);
                 return;
             }
             Err(e) => {
                 let msg = format!("shipping to PostgreSQL: {e}");
-                tracing::error!(source = %src.id, error = %msg, "shipping stopped; the log keeps every change; retrying");
-                status.update(&src.id, |s| {
+                tracing::error!(source = %input.id, error = %msg, "shipping stopped; the log keeps every change; retrying");
+                status.update(&input.id, |s| {
                     s.state = SourceState::Error;
                     s.last_error = Some(msg.clone());
                 });
@@ -600,7 +623,7 @@ async fn ship_loop(
                 metrics
                     .source_errors
                     .get_or_create(&crate::metrics::SourceError {
-                        source: src.id.clone(),
+                        source: input.id.clone(),
                         stage: "ship".into(),
                         kind: kind.into(),
                     })
@@ -611,6 +634,120 @@ async fn ship_loop(
             }
         }
     }
+}
+
+/// A source `ferry run` only ships: sled, whose capture runs inside the application (the
+/// ferry-sled library writes the log in its own state directory).
+struct ShippedOnlySource {
+    id: String,
+    log: Arc<LogHandle>,
+    ship_status: Arc<Mutex<Option<Arc<Mutex<ferry_pg::ShipStatus>>>>>,
+    options: ShipOptions,
+}
+
+impl ShippedOnlySource {
+    fn ship_input(&self) -> ShipInput {
+        ShipInput {
+            id: self.id.clone(),
+            log: self.log.clone(),
+            ship_status: self.ship_status.clone(),
+            options: self.options.clone(),
+            limit: crate::logview::no_ship_limit(),
+        }
+    }
+}
+
+fn shipped_only_source(
+    sc: &SourceConfig,
+    status: &RunStatus,
+    metrics: &Metrics,
+) -> anyhow::Result<ShippedOnlySource> {
+    let log_dir = crate::cmd::log::log_dir(sc.path.clone(), sc.name.as_deref())?;
+    let ro = ferry_log::open_read_only(&log_dir)
+        .with_context(|| format!("opening the log in {}", log_dir.display()))?;
+    let id = ro.source_identity().to_string();
+    status.insert(SourceStatus::new(&id, &sc.kind, &sc.path.to_string_lossy()));
+    status.update(&id, |s| s.log_id = Some(ro.log_id().to_string()));
+    metrics.register_source(&id, false);
+    Ok(ShippedOnlySource {
+        options: ShipOptions {
+            schema: sc.schema.clone(),
+            table_prefix: sc.table_prefix.clone(),
+            mode: if sc.mode == "existing" {
+                TargetMode::Existing
+            } else {
+                TargetMode::Create
+            },
+            include: sc.include.clone(),
+            exclude: sc.exclude.clone(),
+            source_id: id.clone(),
+            ..ShipOptions::default()
+        },
+        id,
+        log: Arc::new(LogHandle::ReadOnly(ro)),
+        ship_status: Default::default(),
+    })
+}
+
+/// Status and metrics of a shipped-only source: positions and lag from its log and shipper.
+fn monitor_shipped_only(src: &ShippedOnlySource, ctx: &RunContext) {
+    let Ok(durable) = src.log.durable_lsn() else {
+        return;
+    };
+    let ship = src
+        .ship_status
+        .lock()
+        .ok()
+        .and_then(|s| s.clone())
+        .and_then(|h| h.lock().ok().map(|s| s.clone()));
+    let applied = ship.as_ref().map_or(Lsn::ZERO, |s| s.applied_lsn);
+    let lag_records = durable.0.saturating_sub(applied.0);
+    let lag_seconds = if lag_records == 0 {
+        0.0
+    } else {
+        src.log
+            .reader(applied.next())
+            .ok()
+            .and_then(|mut r| r.next())
+            .and_then(Result::ok)
+            .and_then(|(_, p)| ferry_core::Record::decode(&p).ok())
+            .and_then(|r| r.captured_at())
+            .map_or(0.0, |at| ((ferry_core::now_micros() - at).max(0) as f64) / 1e6)
+    };
+    let l = SourceLabel {
+        source: src.id.clone(),
+    };
+    let m = &ctx.metrics;
+    m.capture_lsn.get_or_create(&l).set(durable.0 as i64);
+    m.shipped_lsn.get_or_create(&l).set(applied.0 as i64);
+    m.replication_lag_records
+        .get_or_create(&l)
+        .set(lag_records as i64);
+    m.replication_lag_seconds.get_or_create(&l).set(lag_seconds);
+    let mut up = true;
+    ctx.status.update(&src.id, |s| {
+        s.captured_lsn = durable.0;
+        s.shipped_lsn = applied.0;
+        s.lag_records = lag_records;
+        s.lag_seconds = lag_seconds;
+        match &ship {
+            Some(st) if st.phase == "failed" => {
+                s.state = SourceState::Error;
+                s.last_error = st.last_error.clone();
+            }
+            Some(st) => {
+                s.state = if st.phase == "streaming" {
+                    SourceState::Streaming
+                } else {
+                    SourceState::Snapshotting
+                };
+                s.last_error = None;
+            }
+            None => {}
+        }
+        up = s.state != SourceState::Error;
+    });
+    m.source_up.get_or_create(&l).set(i64::from(up));
 }
 
 /// Counter values last copied into the metrics, per source, so counters grow by deltas.
@@ -659,7 +796,7 @@ impl AfterCutover {
     }
 }
 
-fn monitor_loop(ctx: Arc<RunContext>, stop: Arc<AtomicBool>) {
+fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop: Arc<AtomicBool>) {
     let mut published: Vec<Published> = ctx.sources.iter().map(|_| Published::default()).collect();
     let mut consumer_written: Vec<Lsn> = ctx.sources.iter().map(|_| Lsn::ZERO).collect();
     let mut after: Vec<AfterCutover> = ctx
@@ -669,6 +806,9 @@ fn monitor_loop(ctx: Arc<RunContext>, stop: Arc<AtomicBool>) {
         .collect();
     while !stop.load(Ordering::SeqCst) {
         std::thread::sleep(Duration::from_millis(250));
+        for src in &shipped_only {
+            monitor_shipped_only(src, &ctx);
+        }
         for (i, src) in ctx.sources.iter().enumerate() {
             let l = SourceLabel {
                 source: src.id.clone(),
