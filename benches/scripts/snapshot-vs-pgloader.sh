@@ -9,7 +9,8 @@
 #
 # usage: benches/scripts/snapshot-vs-pgloader.sh
 # env:   PGURL (default postgresql://postgres@127.0.0.1:55432/postgres), RUNS (5), SCALE (1.0),
-#        WORK (/tmp/ferry-bench), STREAM_TXNS (30000), STREAM_ROWS (10)
+#        WORK (/tmp/ferry-bench), STREAM_TXNS (30000), STREAM_ROWS (10), LAG_RATE (10000
+#        one-row transactions/s), LAG_SECONDS (10)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PGURL=${PGURL:-postgresql://postgres@127.0.0.1:55432/postgres}
@@ -96,3 +97,7 @@ echo "  pgloader / ferry = $(echo "scale=2; $mp / $mf" | bc)"
 # Streaming apply rate.
 fresh bench_stream
 "$LOADER" stream "$base/bench_stream?sslmode=disable" "${STREAM_TXNS:-30000}" "${STREAM_ROWS:-10}"
+
+# Apply lag at a steady rate of small transactions (append → applied in PostgreSQL).
+fresh bench_lag
+"$LOADER" lag "$base/bench_lag?sslmode=disable" "${LAG_RATE:-10000}" "${LAG_SECONDS:-10}"
