@@ -169,10 +169,11 @@ fn run_verify_cutover_under_load_then_writes_after_cutover_are_reported() {
     assert!(run.stop().success());
 }
 
-/// A failing switch command aborts the cutover: the fence is released, the application
-/// keeps writing to SQLite, and replication carries on.
+/// A failing switch command, or a difference between the two sides, aborts the cutover: the
+/// fence is released (or never taken), the application keeps writing to SQLite, and
+/// replication carries on.
 #[test]
-fn failing_switch_command_aborts_and_releases_the_fence() {
+fn failing_switch_or_a_difference_aborts_and_releases_the_fence() {
     let pg = TestDb::new_blocking();
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("app.db");
@@ -211,6 +212,28 @@ fn failing_switch_command_aborts_and_releases_the_fence() {
             .join("cutover.json")
             .exists()
     );
+
+    // A difference between the two sides aborts the cutover too, naming the table.
+    let mut client = pg.connect_blocking();
+    client.execute("INSERT INTO settings (key, value) VALUES ('only-in-postgres', 'x')");
+    let out = run_ferry(&[
+        "cutover",
+        "--state-dir",
+        state.to_str().unwrap(),
+        "--then",
+        "true",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "cutover refuses: {stderr}");
+    assert!(stderr.contains("settings"), "names the table: {stderr}");
+    assert!(stderr.contains("released"), "{stderr}");
+    let before = run.source_status()["shipped_lsn"].as_u64().unwrap();
+    wait_until(
+        "commits after the refused cutover",
+        Duration::from_secs(30),
+        || run.source_status()["shipped_lsn"].as_u64().unwrap() > before + 20,
+    );
+    client.execute("DELETE FROM settings WHERE key = 'only-in-postgres'");
     let summary = app.stop();
     assert!(summary["commits"].as_u64().unwrap() > 0);
     run.wait_caught_up(Duration::from_secs(60));
