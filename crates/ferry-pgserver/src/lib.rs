@@ -356,10 +356,16 @@ impl LocalServer {
         let deadline = Instant::now() + timeout;
         let pid_file = self.data_dir.join("postmaster.pid");
         loop {
-            // postmaster.pid line 8 says "ready" once the server accepts connections.
+            // postmaster.pid line 8 says "ready" once the server accepts connections. Line 1
+            // must be the server we started: a killed server leaves its file behind, still
+            // saying "ready".
             if let Ok(f) = std::fs::File::open(&pid_file) {
                 let lines: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
-                if lines.get(7).is_some_and(|l| l.trim() == "ready") {
+                let ours = lines
+                    .first()
+                    .and_then(|l| l.trim().parse::<i32>().ok())
+                    .is_some_and(|pid| pid == self.pid);
+                if ours && lines.get(7).is_some_and(|l| l.trim() == "ready") {
                     return Ok(());
                 }
             }
