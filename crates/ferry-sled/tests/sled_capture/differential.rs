@@ -213,8 +213,18 @@ fn random_workloads_fold_to_the_sled_trees() {
                 let (db, trees) = (&db, &trees);
                 let mut rng = StdRng::seed_from_u64(seed ^ (w + 1).wrapping_mul(0x9e37_79b9));
                 s.spawn(move || {
-                    for _ in 0..400 {
+                    // At least 400 operations, and on until the snapshot is done: on a loaded
+                    // machine the mover may start only after 400 operations are over, and
+                    // then nothing would race the snapshot. Past 400 the writers slow down
+                    // (a write rate, not a synchronisation): flat-out writers hold sled's
+                    // global lock so often that the snapshot's reads starve.
+                    let mut n = 0;
+                    while n < 400 || (!db.snapshot_done() && n < 20_000) {
                         random_op(&mut rng, db, trees);
+                        n += 1;
+                        if n > 400 {
+                            std::thread::sleep(Duration::from_micros(500));
+                        }
                     }
                 });
             }
