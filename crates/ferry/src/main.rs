@@ -14,6 +14,7 @@ mod control;
 mod cutover;
 mod cutover_mark;
 mod fence;
+mod load_bar;
 mod logview;
 mod pipeline;
 mod metrics;

@@ -62,6 +62,7 @@ async fn run_async(args: ShipArgs) -> anyhow::Result<ExitCode> {
         limit.store(mark.cutover_lsn, std::sync::atomic::Ordering::SeqCst);
     }
     let mut source = LogRecordSource::with_limit(log.clone(), limit.clone());
+    let bar = crate::load_bar::spawn(shipper.status_handle());
     let summary = if args.once {
         let end = log
             .durable_lsn()?
@@ -76,6 +77,7 @@ async fn run_async(args: ShipArgs) -> anyhow::Result<ExitCode> {
         });
         shipper.run(&mut source, rx).await
     };
+    bar.abort();
     let status = shipper.status();
     let summary = summary.with_context(|| format!("shipping source {source_id:?} (the log keeps every change; fix the cause and run ship again)"))?;
     log.set_consumer(SHIPPER_CONSUMER, summary.applied_lsn)?;

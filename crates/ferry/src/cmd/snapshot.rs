@@ -243,8 +243,10 @@ pub fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
                 }
             }
         });
+        let bar = crate::load_bar::spawn(shipper.status_handle());
         let summary = shipper.run(&mut source, stop_rx).await;
         watcher.abort();
+        bar.abort();
         let produced = source.finish();
         anyhow::Ok((summary, shipper.status(), produced))
     });
