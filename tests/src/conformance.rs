@@ -199,7 +199,7 @@ pub fn check_log(src: &dyn ConformanceSource, log: &ReadLog, contents: &Tables) 
         let run_ok = if txn.resync {
             !ledger.is_empty() && ledger.iter().zip(expected..).all(|(&c, e)| c == e)
         } else {
-            ledger.len() == 1
+            ledger == [expected]
         };
         assert!(
             run_ok,
