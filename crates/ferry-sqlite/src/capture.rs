@@ -1,5 +1,5 @@
 //! The capture loop: initial snapshot, WAL tailing with hand-over-hand read transactions,
-//! gap resync, rollback-journal polling, and the bounded-WAL checkpoint.
+//! gap resync, rollback-journal polling, keeping the WAL bounded, and base copies.
 //!
 //! Invariants and why they hold:
 //! - **Nothing committed is missed while ferry runs.** Two read-only-in-practice connections
@@ -12,6 +12,10 @@
 //!   (frames appended after that could not have been backfilled, and a restart needs them
 //!   backfilled). `continuous` records that a reader has been held since the resume point was
 //!   established; only then is a new generation read from its first frame.
+//! - **Except while the WAL is let go.** Held readers starve SQLite's WAL restart, so when
+//!   the WAL grows past a trigger ferry holds no reader for a moment and proves continuity
+//!   afterwards from the salts instead (one restart = salt-1 plus one) — see
+//!   [`SqliteCapture::bound_wal`]; a proof that fails is a resync, never a silent loss.
 //! - **Anything else is a resync.** At start-up (no reader was held while ferry was down), a
 //!   resume point that the WAL no longer proves (other salts, a missing or different frame)
 //!   means the application may have checkpointed and restarted its WAL in between. Capture
@@ -23,15 +27,19 @@
 //!   once and kept: closing any descriptor of the database file in this process would drop
 //!   the POSIX locks SQLite holds through its own descriptors. The `-shm` file is never opened
 //!   by ferry. Every connection sets `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`.
-//! - **The source is never written**, except for the content-neutral checkpoints of the
-//!   bounded-WAL mechanism ([`SqliteCapture::bound_wal`]).
+//! - **The source is never written** and ferry runs no checkpoints: keeping the WAL bounded
+//!   only lets the application's own autocheckpoint complete.
+//! - **Work per call is bounded**: [`SqliteCapture::step`] returns after about its budget
+//!   (checked between batches), so a caller can stop, drain for a cutover, or take a base
+//!   copy ([`SqliteCapture::write_base`]) while a writer outpaces capture.
 
 use crate::decode::{DecodeError, Decoder, differing_pages};
+use crate::format::wal::WalHeader;
 use crate::format::{DbHeader, FormatError};
 use crate::pages::{FilePages, Overlay, Page, PageError, PageSource, read_full_at};
 use crate::shadow::{JournalEntry, ResumePoint, Shadow, ShadowError, ShadowState};
 use crate::sink::{RecordSink, SinkError};
-use crate::wal_tail::{ScanOutcome, ScanStart, WalTxn, scan};
+use crate::wal_tail::{ScanOutcome, ScanStart, WalTxn, frame_salts, scan, scan_generation};
 use ferry_core::{
     Lsn, Op, Record, SnapshotBegin, SnapshotEnd, SnapshotRows, SourcePosition, Transaction,
     now_micros,
@@ -115,7 +123,8 @@ pub struct CaptureOptions {
     pub source_id: String,
     /// Longest wait between polls when no file event arrives.
     pub poll_interval: Duration,
-    /// The `-wal` size ferry keeps the WAL under (see [`SqliteCapture::bound_wal`]).
+    /// The `-wal` size ferry keeps the WAL under: it lets the WAL restart once what it has
+    /// read passes a quarter of this (see [`SqliteCapture::bound_wal`]).
     pub wal_limit_bytes: u64,
     /// Rows per `SnapshotRows` record (also bounded by `snapshot_chunk_bytes`).
     pub snapshot_chunk_rows: usize,
@@ -126,7 +135,8 @@ pub struct CaptureOptions {
     pub watch: bool,
     /// Run the bounded-WAL checkpoint when the WAL grows past its trigger.
     pub bound_wal: bool,
-    /// How long the bounded-WAL mechanism keeps retrying for the write lock.
+    /// Unused since the bounded-WAL mechanism takes no lock (kept so configurations that
+    /// set it still build).
     pub lock_acquire_timeout: Duration,
 }
 
@@ -173,9 +183,14 @@ pub struct CaptureStats {
     pub rollback_polls: u64,
     pub wal_bytes: u64,
     pub wal_frames_read: u64,
-    /// Bounded-WAL rounds and the longest time the write lock was held.
+    /// Times ferry let go of its readers so that the WAL could restart.
     pub wal_bound_rounds: u64,
+    /// Of those, the ones whose continuity proof failed (each also counted as a resync).
     pub wal_bound_failures: u64,
+    /// New WAL generations read from their first frame (restarts seen while tailing).
+    pub wal_resets: u64,
+    /// ferry's holds of SQLite's write lock (none since the bounded-WAL mechanism takes no
+    /// lock; the cutover fence is held elsewhere).
     pub lock_hold_max: Duration,
     pub lock_hold_total: Duration,
     pub last_position: Option<SourcePosition>,
@@ -193,6 +208,9 @@ pub struct SqliteCapture {
     wal_file: Option<File>,
     /// Reader connections, used hand over hand.
     conns: [Connection; 2],
+    /// Set while ferry holds no reader so that the application can restart the WAL (see
+    /// [`SqliteCapture::bound_wal`]): the header of the generation it let go of.
+    released: Option<WalHeader>,
     /// Which connection holds a read transaction.
     held: Option<usize>,
     /// A read transaction has been held continuously since `point` was established.
@@ -293,6 +311,7 @@ impl SqliteCapture {
             db_ino,
             wal_file: None,
             conns,
+            released: None,
             held: None,
             continuous: false,
             shadow,
@@ -499,6 +518,7 @@ impl SqliteCapture {
         }
         self.held = None;
         self.continuous = false;
+        self.released = None;
         Ok(())
     }
 
@@ -717,67 +737,84 @@ impl SqliteCapture {
             return self.poll_rollback(hdr, state);
         }
         self.stats.rollback_mode = false;
+        let more = self.poll_wal()?;
+        if !more && self.opts.bound_wal {
+            self.bound_wal()?;
+        }
+        Ok(more)
+    }
+
+    /// A WAL poll: opens the next reader, reads what is committed, hands over.
+    fn poll_wal(&mut self) -> Result<bool, CaptureError> {
+        if let Some(old) = self.released {
+            return self.poll_released(old);
+        }
         let new = self.take_new_reader()?;
-        let start = if self.continuous {
-            match state.point.salts {
-                Some(_) => ScanStart::After(state.point),
-                None => ScanStart::Beginning,
+        let more = match self.read_committed(self.opts.batch_bytes)? {
+            Committed::Txns { txns, more } => {
+                self.apply_batch(txns)?;
+                more
             }
+            Committed::Nothing => false,
+            Committed::Gap => {
+                self.resync()?;
+                false
+            }
+        };
+        if let Some(w) = &self.wal_file {
+            self.stats.wal_bytes = w.metadata().map(|m| m.len()).unwrap_or(0);
+        }
+        self.hand_over(new)?;
+        self.continuous = true;
+        Ok(more)
+    }
+
+    /// Reads the committed transactions after the shadow's point (at most about `max_bytes`
+    /// of page images). The caller holds a read transaction.
+    ///
+    /// A WAL with other salts than the point's is a new generation: when a reader has been
+    /// held since the point was established (`continuous`), the old generation ended exactly
+    /// at the point (see the module comment) and the new one is read from its first frame;
+    /// otherwise it is a gap.
+    fn read_committed(&mut self, max_bytes: usize) -> Result<Committed, CaptureError> {
+        let state = self.shadow.state.ok_or_else(|| ShadowError::Corrupt {
+            path: self.db_path.clone(),
+            problem: "no state".into(),
+        })?;
+        let start = if self.continuous && state.point.salts.is_none() {
+            ScanStart::Beginning
         } else {
             ScanStart::After(state.point)
         };
         let cc = state.point.change_counter;
         self.wal()?;
+        let wal_path = self.wal_path.clone();
+        let io = move |source| CaptureError::Io {
+            path: wal_path.clone(),
+            source,
+        };
         let outcome = match self.wal_file.as_ref() {
-            Some(wal) => {
-                scan(wal, start, cc, self.opts.batch_bytes).map_err(|s| CaptureError::Io {
-                    path: self.wal_path.clone(),
-                    source: s,
-                })?
-            }
+            Some(wal) => scan(wal, start, cc, max_bytes).map_err(&io)?,
             None => ScanOutcome::NoHeader,
         };
-        let more = match outcome {
-            ScanOutcome::Frames { txns, more, header } => {
-                if let Some(w) = &self.wal_file {
-                    self.stats.wal_bytes = w.metadata().map(|m| m.len()).unwrap_or(0);
-                }
-                let _ = header;
-                self.apply_batch(txns)?;
-                more
-            }
+        Ok(match outcome {
+            ScanOutcome::Frames { txns, more, .. } => Committed::Txns { txns, more },
             ScanOutcome::NotContinuous if self.continuous && state.point.salts.is_some() => {
-                // A new generation while our reader was held: read it from its first frame.
-                self.wal()?;
                 let wal = self.wal_file.as_ref().ok_or_else(|| CaptureError::Io {
                     path: self.wal_path.clone(),
                     source: std::io::Error::other("WAL vanished"),
                 })?;
-                match scan(wal, ScanStart::Beginning, cc, self.opts.batch_bytes).map_err(|s| {
-                    CaptureError::Io {
-                        path: self.wal_path.clone(),
-                        source: s,
+                match scan(wal, ScanStart::Beginning, cc, max_bytes).map_err(&io)? {
+                    ScanOutcome::Frames { txns, more, .. } if !txns.is_empty() => {
+                        self.stats.wal_resets += 1;
+                        Committed::Txns { txns, more }
                     }
-                })? {
-                    ScanOutcome::Frames { txns, more, .. } => {
-                        self.apply_batch(txns)?;
-                        more
-                    }
-                    _ => false,
+                    _ => Committed::Nothing,
                 }
             }
-            ScanOutcome::NoHeader if self.continuous => false,
-            ScanOutcome::NotContinuous | ScanOutcome::NoHeader => {
-                self.resync()?;
-                false
-            }
-        };
-        self.hand_over(new)?;
-        self.continuous = true;
-        if !more && self.opts.bound_wal {
-            self.bound_wal()?;
-        }
-        Ok(more)
+            ScanOutcome::NoHeader if self.continuous => Committed::Nothing,
+            ScanOutcome::NotContinuous | ScanOutcome::NoHeader => Committed::Gap,
+        })
     }
 
     /// Decodes a batch of transactions, then journal → log → shadow.
@@ -1064,94 +1101,195 @@ impl SqliteCapture {
     }
 
     /// Keeps the WAL bounded. Readers held just behind a sustained writer keep SQLite from
-    /// ever restarting the WAL, so when it passes half the limit ferry: backfills with a
-    /// PASSIVE checkpoint (up to its own read mark), takes the write lock with a fast-retry
-    /// busy handler (a hot writer cannot starve it), reads the WAL to its very end and makes
-    /// it durable, releases its readers, backfills the rest, opens a new reader (read mark 0
-    /// when everything is backfilled, which does not block a restart) and lets go. The
-    /// application's next write then restarts the WAL from its beginning.
+    /// ever restarting the WAL: a restart needs every frame backfilled, and backfilling stops
+    /// at the lowest reader's mark, so the application's autocheckpoint never completes. When
+    /// the WAL that ferry has read passes a quarter of `wal_limit_bytes`, ferry (having just
+    /// read everything committed) lets go of its readers. The application's next
+    /// autocheckpoint then backfills everything and its next write restarts the WAL — the
+    /// same work, by the same thread, as without ferry. No lock is taken and nothing is
+    /// written to the source.
+    ///
+    /// ferry waits (at most `RELEASE_WAIT`, less when nobody writes) for the restart,
+    /// watching the WAL header, then takes a reader again ([`SqliteCapture::poll_released`]),
+    /// whether or not the restart came. For that window continuity is proven rather than
+    /// enforced:
+    /// SQLite increments salt-1 by one at every restart, so a header whose salt-1 is the old
+    /// one plus one means exactly one restart; ferry pins the new generation with a reader at
+    /// once (its mark blocks any further restart), reads what is left of the old generation
+    /// after its point — frames the new generation has not reached, which it writes in order
+    /// from the first — and checks that the new generation has not reached the first frame
+    /// after the point. Anything else (two restarts, a truncated or overwritten WAL) is a gap
+    /// and resyncs, never a silent loss. The new generation grows from frame 1 and ferry
+    /// polls within milliseconds, so under an undisturbed run this never happens.
+    ///
+    /// (A brief write lock during which ferry backfills the rest itself was tried first: the
+    /// checkpoint it must run under the lock syncs the WAL and the database, and on a shared
+    /// disk those fsyncs made the lock hold 10–100 ms.)
     pub fn bound_wal(&mut self) -> Result<(), CaptureError> {
-        let Some(wal) = self.wal_file.as_ref() else {
+        if self.released.is_some() {
+            return Ok(());
+        }
+        let Some(state) = self.shadow.state else {
             return Ok(());
         };
-        let Some(state) = self.shadow.state else {
+        if self.held.is_none() {
+            return Ok(());
+        }
+        let Some(wal) = self.wal_file.as_ref() else {
             return Ok(());
         };
         let Some(h) = crate::wal_tail::read_header(wal).map_err(self.io_err(&self.wal_path))?
         else {
             return Ok(());
         };
-        let in_use = u64::from(state.point.frame) * h.frame_size() as u64;
-        if in_use < self.opts.wal_limit_bytes / 2 {
+        if state.point.salts != Some((h.salt1, h.salt2)) {
             return Ok(());
         }
-        let Some(held) = self.held else { return Ok(()) };
-        let idle = 1 - held;
-        // 1. Backfill what our mark allows, without any lock.
-        let _ = self.conns[idle]
-            .wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE);
-        // 2. The write lock, on a connection of its own, retrying fast.
-        let mut w = open_conn(&self.db_path)?;
-        let deadline = Instant::now() + self.opts.lock_acquire_timeout;
-        w.busy_handler(Some(move |_n: i32| {
-            std::thread::yield_now();
-            Instant::now() < deadline
-        }))
-        .map_err(sqlite_err(&self.db_path))?;
-        if w.execute_batch("BEGIN IMMEDIATE").is_err() {
-            self.stats.wal_bound_failures += 1;
+        let frame_size = h.frame_size() as u64;
+        let trigger = (self.opts.wal_limit_bytes / 4).max(frame_size);
+        if u64::from(state.point.frame) * frame_size < trigger {
             return Ok(());
         }
-        let locked_at = Instant::now();
-        let res = (|| {
-            // 3. Read to the very end: nobody can append now.
-            loop {
-                let state = self.shadow.state.ok_or_else(|| ShadowError::Corrupt {
-                    path: self.db_path.clone(),
-                    problem: "no state".into(),
-                })?;
-                let Some(wal) = self.wal_file.as_ref() else {
-                    break;
-                };
-                match scan(
-                    wal,
-                    ScanStart::After(state.point),
-                    state.point.change_counter,
-                    self.opts.batch_bytes,
-                )
-                .map_err(self.io_err(&self.wal_path))?
-                {
-                    ScanOutcome::Frames { txns, more, .. } => {
-                        self.apply_batch(txns)?;
-                        if !more {
-                            break;
-                        }
-                    }
-                    _ => break,
-                }
+        self.end_read(0)?;
+        self.end_read(1)?;
+        self.held = None;
+        self.released = Some(h);
+        self.stats.wal_bound_rounds += 1;
+        // Wait (briefly) for the restart, watching the header; give up early when the WAL
+        // is idle (nobody is writing, so no restart is coming soon). Then take a reader
+        // again either way: the readerless window is bounded by this wait.
+        let wal = self.wal_file.as_ref();
+        let modified = |w: Option<&File>| w.and_then(|f| f.metadata().ok()?.modified().ok());
+        let started = Instant::now();
+        let mut last_change = (started, modified(wal));
+        loop {
+            let now = Instant::now();
+            let salts = match wal {
+                Some(w) => crate::wal_tail::read_header(w)
+                    .map_err(self.io_err(&self.wal_path))?
+                    .map(|x| (x.salt1, x.salt2)),
+                None => None,
+            };
+            if salts != Some((h.salt1, h.salt2)) || now - started >= RELEASE_WAIT {
+                break;
             }
-            // 4. Release our readers, backfill everything, take a fresh reader.
-            self.end_read(0)?;
-            self.end_read(1)?;
-            self.held = None;
-            let r = self.conns[0]
-                .wal_checkpoint_v2(None::<&str>, rusqlite::wal::CheckpointMode::PASSIVE);
-            self.begin_read(0)?;
-            self.held = Some(0);
-            Ok::<_, CaptureError>(r)
-        })();
-        let _ = w.execute_batch("ROLLBACK");
-        let hold = locked_at.elapsed();
-        drop(w);
-        self.stats.lock_hold_max = self.stats.lock_hold_max.max(hold);
-        self.stats.lock_hold_total += hold;
-        match res {
-            Ok(Ok((log, ckpt))) if log == ckpt => self.stats.wal_bound_rounds += 1,
-            Ok(_) => self.stats.wal_bound_failures += 1,
-            Err(e) => return Err(e),
+            let m = modified(wal);
+            if m != last_change.1 {
+                last_change = (now, m);
+            } else if now - last_change.0 >= RELEASE_IDLE {
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(500));
         }
+        self.poll_released(h)?;
         Ok(())
     }
+
+    /// Takes a reader again after [`SqliteCapture::bound_wal`] let go, and proves that
+    /// nothing was lost meanwhile (see there); reads what the old generation holds after the
+    /// point and, if the WAL restarted once, the new generation from its first frame.
+    fn poll_released(&mut self, old: WalHeader) -> Result<bool, CaptureError> {
+        let state = self.shadow.state.ok_or_else(|| ShadowError::Corrupt {
+            path: self.db_path.clone(),
+            problem: "no state".into(),
+        })?;
+        let cc = state.point.change_counter;
+        // Pin first: from here on at most one more restart can happen, and only if our
+        // reader got mark 0, i.e. only with nothing unread at the moment it began.
+        let r = self.take_new_reader()?;
+        self.held = Some(r);
+        self.released = None;
+        self.wal()?;
+        let wal_path = self.wal_path.clone();
+        let io = move |source| CaptureError::Io {
+            path: wal_path.clone(),
+            source,
+        };
+        let salts_now = |cap: &Self| -> Result<Option<(u32, u32)>, CaptureError> {
+            Ok(match cap.wal_file.as_ref() {
+                Some(w) => crate::wal_tail::read_header(w)
+                    .map_err(&io)?
+                    .map(|h| (h.salt1, h.salt2)),
+                None => None,
+            })
+        };
+        let seen = salts_now(self)?;
+        let old_salts = Some((old.salt1, old.salt2));
+        let restarted_once = match seen {
+            s if s == old_salts => false,
+            Some((salt1, _)) if salt1 == old.salt1.wrapping_add(1) => true,
+            _ => return self.resync_held(),
+        };
+        let Some(wal) = self.wal_file.as_ref() else {
+            return self.resync_held();
+        };
+        // What the old generation holds after our point: frames the new one (if any) has
+        // not reached — it writes them in order from the first.
+        let tail = match scan_generation(wal, old, ScanStart::After(state.point), cc, usize::MAX)
+            .map_err(&io)?
+        {
+            ScanOutcome::Frames { txns, .. } => txns,
+            _ => return self.resync_held(),
+        };
+        if restarted_once && frame_salts(wal, &old, state.point.frame + 1).map_err(&io)? == seen {
+            // The new generation reached the first frame after our point: the old one may
+            // have ended anywhere in what it overwrote.
+            return self.resync_held();
+        }
+        if salts_now(self)? != seen {
+            // A restart while we read (our reader got mark 0): the frames we read are real
+            // and in order, but where the old generation ended is not proven.
+            self.apply_batch(tail)?;
+            return self.resync_held();
+        }
+        self.apply_batch(tail)?;
+        self.continuous = true;
+        if !restarted_once {
+            return Ok(false);
+        }
+        // The new generation from its first frame: read_committed sees other salts with a
+        // reader held since the old generation's end was established.
+        let more = match self.read_committed(self.opts.batch_bytes)? {
+            Committed::Txns { txns, more } => {
+                self.apply_batch(txns)?;
+                more
+            }
+            Committed::Nothing => false,
+            Committed::Gap => {
+                self.resync()?;
+                false
+            }
+        };
+        // As above: an unchanged header proves the new generation's frames were read whole.
+        if salts_now(self)? != seen {
+            return self.resync_held();
+        }
+        Ok(more)
+    }
+
+    fn resync_held(&mut self) -> Result<bool, CaptureError> {
+        self.stats.wal_bound_failures += 1;
+        self.resync()?;
+        self.continuous = true;
+        Ok(false)
+    }
+}
+
+/// How long [`SqliteCapture::bound_wal`] holds no reader at most, waiting for the
+/// application's autocheckpoint to backfill and its next write to restart the WAL; and how
+/// long without a write to the WAL ends the wait early.
+const RELEASE_WAIT: Duration = Duration::from_millis(250);
+const RELEASE_IDLE: Duration = Duration::from_millis(20);
+
+/// What [`SqliteCapture::read_committed`] found.
+enum Committed {
+    Txns {
+        txns: Vec<WalTxn>,
+        more: bool,
+    },
+    Nothing,
+    /// The WAL no longer proves the shadow's point: compare states.
+    Gap,
 }
 
 fn count_changes(stats: &mut CaptureStats, changes: &[ferry_core::RowChange], schema: usize) {

@@ -64,6 +64,19 @@ pub fn scan(
     let Some(header) = read_header(wal)? else {
         return Ok(ScanOutcome::NoHeader);
     };
+    scan_generation(wal, header, start, change_counter, max_bytes)
+}
+
+/// Like [`scan`], but for the generation `header` describes, which may no longer be the
+/// file's current one: the frames left of an ended generation, beyond what the new one has
+/// overwritten, still validate against its salts and checksum chain.
+pub fn scan_generation(
+    wal: &File,
+    header: WalHeader,
+    start: ScanStart,
+    change_counter: u32,
+    max_bytes: usize,
+) -> std::io::Result<ScanOutcome> {
     let fsize = header.frame_size();
     let (mut frame, mut cksum) = match start {
         ScanStart::Beginning => (0u32, header.checksum),
@@ -174,4 +187,13 @@ fn read_up_to(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
         done += n;
     }
     Ok(done)
+}
+
+/// The salts in the header of frame `n` as the file holds it now, `None` past its end.
+pub fn frame_salts(wal: &File, header: &WalHeader, n: u32) -> std::io::Result<Option<(u32, u32)>> {
+    let mut fh = [0u8; FRAME_HEADER_SIZE];
+    if wal.read_at(&mut fh, header.frame_offset(n))? < FRAME_HEADER_SIZE {
+        return Ok(None);
+    }
+    Ok(WalFrameHeader::parse(&fh).map(|h| (h.salt1, h.salt2)))
 }
