@@ -11,10 +11,8 @@ use std::time::Duration;
 pub fn spawn(status: Arc<Mutex<ShipStatus>>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let bar = indicatif::ProgressBar::new(0).with_style(
-            indicatif::ProgressStyle::with_template(
-                "{prefix:>9} {bar:30} {pos}/{len} rows {msg}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template("{prefix:>9} {bar:30} {pos}/{len} rows {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         loop {
             tokio::time::sleep(Duration::from_millis(200)).await;

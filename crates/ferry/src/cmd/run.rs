@@ -169,8 +169,9 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
     let mut shipped_only = Vec::new();
     for (i, sc) in cfg.sources.iter().enumerate() {
         if sc.kind == "sled" {
-            let src = shipped_only_source(sc, &status, &metrics)
-                .with_context(|| format!("source[{i}] (sled, state directory {})", sc.path.display()))?;
+            let src = shipped_only_source(sc, &status, &metrics).with_context(|| {
+                format!("source[{i}] (sled, state directory {})", sc.path.display())
+            })?;
             ship_tasks.push(tokio::spawn(ship_loop(
                 target.clone(),
                 src.ship_input(),
@@ -605,7 +606,9 @@ async fn ship_loop(
         .await;
         match result {
             Ok(summary) => {
-                let _ = input.log.set_consumer(SHIPPER_CONSUMER, summary.applied_lsn);
+                let _ = input
+                    .log
+                    .set_consumer(SHIPPER_CONSUMER, summary.applied_lsn);
                 return;
             }
             Err(e) => {
@@ -712,7 +715,9 @@ fn monitor_shipped_only(src: &ShippedOnlySource, ctx: &RunContext) {
             .and_then(Result::ok)
             .and_then(|(_, p)| ferry_core::Record::decode(&p).ok())
             .and_then(|r| r.captured_at())
-            .map_or(0.0, |at| ((ferry_core::now_micros() - at).max(0) as f64) / 1e6)
+            .map_or(0.0, |at| {
+                ((ferry_core::now_micros() - at).max(0) as f64) / 1e6
+            })
     };
     let l = SourceLabel {
         source: src.id.clone(),
