@@ -211,6 +211,9 @@ pub struct SqliteCapture {
     /// Set while ferry holds no reader so that the application can restart the WAL (see
     /// [`SqliteCapture::bound_wal`]): the header of the generation it let go of.
     released: Option<WalHeader>,
+    /// The generation and frame of a release that saw no restart (the next one waits for
+    /// the WAL to grow further).
+    release_retry: Option<((u32, u32), u32)>,
     /// Which connection holds a read transaction.
     held: Option<usize>,
     /// A read transaction has been held continuously since `point` was established.
@@ -312,6 +315,7 @@ impl SqliteCapture {
             wal_file: None,
             conns,
             released: None,
+            release_retry: None,
             held: None,
             continuous: false,
             shadow,
@@ -738,7 +742,9 @@ impl SqliteCapture {
         }
         self.stats.rollback_mode = false;
         let more = self.poll_wal()?;
-        if !more && self.opts.bound_wal {
+        // Also when capture is behind: a release lets the WAL restart right away, and what
+        // is left of the old generation is read whole when the reader is taken again.
+        if self.opts.bound_wal {
             self.bound_wal()?;
         }
         Ok(more)
@@ -1147,7 +1153,15 @@ impl SqliteCapture {
         }
         let frame_size = h.frame_size() as u64;
         let trigger = (self.opts.wal_limit_bytes / 4).max(frame_size);
-        if u64::from(state.point.frame) * frame_size < trigger {
+        let mut due = trigger;
+        if let Some((salts, frame)) = self.release_retry
+            && state.point.salts == Some(salts)
+        {
+            // An earlier release in this generation saw no restart: try again once the WAL
+            // has grown by another sixteenth of the limit.
+            due = due.max(u64::from(frame) * frame_size + self.opts.wal_limit_bytes / 16);
+        }
+        if u64::from(state.point.frame) * frame_size < due {
             return Ok(());
         }
         self.end_read(0)?;
@@ -1155,25 +1169,31 @@ impl SqliteCapture {
         self.held = None;
         self.released = Some(h);
         self.stats.wal_bound_rounds += 1;
-        // Wait (briefly) for the restart, watching the header; give up early when the WAL
-        // is idle (nobody is writing, so no restart is coming soon). Then take a reader
-        // again either way: the readerless window is bounded by this wait.
-        let wal = self.wal_file.as_ref();
-        let modified = |w: Option<&File>| w.and_then(|f| f.metadata().ok()?.modified().ok());
+        // Wait (briefly) for the restart, watching the header; give up early when neither
+        // the WAL nor the database file has changed for a while (nobody is writing or
+        // checkpointing, so no restart is coming soon). Then take a reader again either way:
+        // the readerless window is bounded by this wait.
+        let files = [self.wal_file.as_ref(), Some(&self.db_file)];
+        let modified = || files.map(|f| f.and_then(|f| f.metadata().ok()?.modified().ok()));
         let started = Instant::now();
-        let mut last_change = (started, modified(wal));
+        let mut last_change = (started, modified());
+        let mut restarted = false;
         loop {
             let now = Instant::now();
-            let salts = match wal {
+            let salts = match files[0] {
                 Some(w) => crate::wal_tail::read_header(w)
                     .map_err(self.io_err(&self.wal_path))?
                     .map(|x| (x.salt1, x.salt2)),
                 None => None,
             };
-            if salts != Some((h.salt1, h.salt2)) || now - started >= RELEASE_WAIT {
+            if salts != Some((h.salt1, h.salt2)) {
+                restarted = true;
                 break;
             }
-            let m = modified(wal);
+            if now - started >= RELEASE_WAIT {
+                break;
+            }
+            let m = modified();
             if m != last_change.1 {
                 last_change = (now, m);
             } else if now - last_change.0 >= RELEASE_IDLE {
@@ -1181,6 +1201,11 @@ impl SqliteCapture {
             }
             std::thread::sleep(Duration::from_micros(500));
         }
+        self.release_retry = if restarted {
+            None
+        } else {
+            state.point.salts.map(|s| (s, state.point.frame))
+        };
         self.poll_released(h)?;
         Ok(())
     }
@@ -1278,8 +1303,8 @@ impl SqliteCapture {
 /// How long [`SqliteCapture::bound_wal`] holds no reader at most, waiting for the
 /// application's autocheckpoint to backfill and its next write to restart the WAL; and how
 /// long without a write to the WAL ends the wait early.
-const RELEASE_WAIT: Duration = Duration::from_millis(250);
-const RELEASE_IDLE: Duration = Duration::from_millis(20);
+const RELEASE_WAIT: Duration = Duration::from_millis(300);
+const RELEASE_IDLE: Duration = Duration::from_millis(100);
 
 /// What [`SqliteCapture::read_committed`] found.
 enum Committed {
