@@ -123,6 +123,9 @@ pub struct CaptureOptions {
     pub source_id: String,
     /// Longest wait between polls when no file event arrives.
     pub poll_interval: Duration,
+    /// Shortest time between two polls in a row while transactions keep arriving (batches
+    /// gather more transactions per fsync; this is the latency it adds at most).
+    pub min_poll_gap: Duration,
     /// The `-wal` size ferry keeps the WAL under: it lets the WAL restart once what it has
     /// read passes a quarter of this (see [`SqliteCapture::bound_wal`]).
     pub wal_limit_bytes: u64,
@@ -145,6 +148,7 @@ impl Default for CaptureOptions {
         CaptureOptions {
             source_id: "source".to_string(),
             poll_interval: Duration::from_millis(100),
+            min_poll_gap: Duration::from_millis(10),
             wal_limit_bytes: 64 << 20,
             snapshot_chunk_rows: 1000,
             snapshot_chunk_bytes: 1 << 20,
@@ -398,9 +402,20 @@ impl SqliteCapture {
         // Caught up means a poll found nothing new: a poll that found transactions is
         // followed by another, because a writer may have committed more meanwhile (the
         // fsyncs of a batch take long enough for that), and the next batch is then larger.
+        let mut last_poll: Option<Instant> = None;
         loop {
             let seen = self.stats.transactions;
+            if let Some(t) = last_poll {
+                // Every batch costs a handful of fsyncs (journal, log, shadow), which compete
+                // with the application's own: a short gap between polls that find little lets
+                // the next batch gather more transactions (at most this much added latency).
+                let gap = t.elapsed();
+                if gap < self.opts.min_poll_gap {
+                    std::thread::sleep(self.opts.min_poll_gap - gap);
+                }
+            }
             let more = self.poll_once()?;
+            last_poll = (!more).then(Instant::now);
             if !more && self.stats.transactions == seen {
                 step.caught_up = true;
                 break;
@@ -1152,7 +1167,9 @@ impl SqliteCapture {
             return Ok(());
         }
         let frame_size = h.frame_size() as u64;
-        let trigger = (self.opts.wal_limit_bytes / 4).max(frame_size);
+        let trigger = (self.opts.wal_limit_bytes / 4)
+            .min(APP_AUTOCHECKPOINT_FRAMES * frame_size)
+            .max(frame_size);
         let mut due = trigger;
         if let Some((salts, frame)) = self.release_retry
             && state.point.salts == Some(salts)
@@ -1305,6 +1322,12 @@ impl SqliteCapture {
 /// long without a write to the WAL ends the wait early.
 const RELEASE_WAIT: Duration = Duration::from_millis(300);
 const RELEASE_IDLE: Duration = Duration::from_millis(100);
+
+/// SQLite's default `wal_autocheckpoint`: the WAL size at which the application itself would
+/// checkpoint and restart. Releasing there keeps the application's checkpoints as they are
+/// without ferry; held past it, every commit's autocheckpoint attempt backfills (and syncs)
+/// a little, which costs the writer.
+const APP_AUTOCHECKPOINT_FRAMES: u64 = 1000;
 
 /// What [`SqliteCapture::read_committed`] found.
 enum Committed {
