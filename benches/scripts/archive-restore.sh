@@ -27,11 +27,15 @@ bin=${FERRY_BIN:-$root/target/release/ferry}
 : "${FERRY_TEST_PG_URL:?set FERRY_TEST_PG_URL to a PostgreSQL superuser URL}"
 pg_base=${FERRY_TEST_PG_URL%/*}
 work=$(mktemp -d "${WORK:-/tmp}/ferry-archive-restore.XXXXXX")
-dbs=()
+# Scratch databases are named ferry_archbench_<pid>_<label> and dropped by that name on exit
+# (fresh_db runs in a command substitution, so it cannot record them in a variable).
+db_labels="run base latest"
 run_pid=
 cleanup() {
   if [ -n "$run_pid" ] && kill -0 "$run_pid" 2>/dev/null; then kill -TERM "$run_pid"; wait "$run_pid" || true; fi
-  for d in "${dbs[@]}"; do psql -q "$FERRY_TEST_PG_URL" -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" >/dev/null 2>&1 || true; done
+  for l in $db_labels; do
+    psql -q "$FERRY_TEST_PG_URL" -c "DROP DATABASE IF EXISTS ferry_archbench_$$_$l WITH (FORCE)" >/dev/null 2>&1 || true
+  done
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -39,7 +43,6 @@ fail() { echo "archive-restore: $*" >&2; exit 1; }
 now() { date +%s.%N; }
 fresh_db() {
   local d=ferry_archbench_$$_$1
-  dbs+=("$d")
   psql -q -v ON_ERROR_STOP=1 "$FERRY_TEST_PG_URL" -c "SET client_min_messages = warning" \
     -c "DROP DATABASE IF EXISTS $d WITH (FORCE)" -c "CREATE DATABASE $d" >/dev/null
   echo "$pg_base/$d"
@@ -56,9 +59,15 @@ wait_for() {
     sleep 0.5
   done
 }
-streaming_with_base() {
-  status | grep -q '"state": "streaming"' &&
-    [ "$("$bin" backup list --archive-dir "$work/archive" --json 2>/dev/null | json 'len(d["sources"][0]["bases"])' 2>/dev/null)" -ge 1 ] 2>/dev/null
+# The first base is taken at the snapshot's end; once it is archived and PostgreSQL has
+# everything captured, the initial load is done. (Not `"state": "streaming"`: after a shipping
+# retry that succeeded, ferry status can keep reporting the old error until the next write.)
+snapshot_loaded_with_base() {
+  local s b
+  b=$("$bin" backup list --archive-dir "$work/archive" --json 2>/dev/null | json 'd["sources"][0]["bases"][0]["lsn"]' 2>/dev/null) || return 1
+  s=$(status) || return 1
+  [ "$(json 'd["sources"][0]["shipped_lsn"]' <<<"$s")" -ge "$b" ] &&
+    [ "$(json 'd["sources"][0]["captured_lsn"]' <<<"$s")" = "$(json 'd["sources"][0]["shipped_lsn"]' <<<"$s")" ]
 }
 last_seen=-1
 caught_up() {
@@ -85,7 +94,7 @@ t=$(now)
 FERRY_LOG=warn "$bin" run --source "$work/app.db" --target "$target" --state-dir "$work/state" \
   --archive-dir "$work/archive" >"$work/run.log" 2>&1 &
 run_pid=$!
-wait_for 3600 "the initial snapshot and first base" streaming_with_base
+wait_for 3600 "the initial snapshot and first base" snapshot_loaded_with_base
 base_lsn=$("$bin" backup list --archive-dir "$work/archive" --json | json 'd["sources"][0]["bases"][-1]["lsn"]')
 printf "streaming with a base at LSN %s after %.1f s\n" "$base_lsn" "$(echo "$(now) - $t" | bc)"
 
