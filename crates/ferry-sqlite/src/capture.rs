@@ -358,6 +358,24 @@ impl SqliteCapture {
         }
     }
 
+    /// Captures every transaction committed before this call, and returns as soon as it has
+    /// (it does not chase commits made meanwhile, so it returns even while a writer outpaces
+    /// capture): polls until one poll reaches the end of the WAL as it was when that poll
+    /// began. The cutover's drain. Needs the initial snapshot taken (a first `step`).
+    pub fn drain(&mut self) -> Result<CaptureStep, CaptureError> {
+        let before = self.stats.clone();
+        let mut step = CaptureStep::default();
+        if self.shadow.state.is_none() || self.decoder.is_none() {
+            return self.step(Duration::ZERO);
+        }
+        while self.poll_once()? {}
+        step.transactions = self.stats.transactions - before.transactions;
+        step.rows = (self.stats.inserts + self.stats.updates + self.stats.deletes)
+            - (before.inserts + before.updates + before.deletes);
+        step.resynced = self.stats.resyncs > before.resyncs;
+        Ok(step)
+    }
+
     /// Takes the initial snapshot if the log has none yet, then captures everything committed
     /// so far (repeating [`SqliteCapture::step`] until it is caught up); returns what it did.
     ///

@@ -36,13 +36,24 @@ pub fn run(args: CaptureArgs) -> anyhow::Result<ExitCode> {
     )
     .with_context(|| format!("starting capture of {}", args.source.display()))?;
     let stop = crate::signals::stop_flag();
+    // The first step takes the initial snapshot if the log has none; `--once` then captures
+    // what is committed (a writer faster than capture makes that a moving target, so it
+    // stops on a signal too).
     let step = capture
-        .catch_up()
+        .step(std::time::Duration::from_millis(200))
         .with_context(|| format!("capturing {}", args.source.display()))?;
     if step.snapshot_taken {
         tracing::info!(source = %id, rows = step.snapshot_rows, "initial snapshot taken");
     }
-    if !args.once {
+    if args.once {
+        let mut caught_up = step.caught_up;
+        while !caught_up && !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            caught_up = capture
+                .step(std::time::Duration::from_millis(200))
+                .with_context(|| format!("capturing {}", args.source.display()))?
+                .caught_up;
+        }
+    } else {
         tracing::info!(source = %id, db = %args.source.display(), "capturing; stop with SIGTERM or Ctrl-C");
         capture
             .run(&stop)

@@ -506,7 +506,9 @@ fn capture_loop(
     let (src, status) = (ctx.src, ctx.status);
     let mut cleared_error = false;
     loop {
-        cap.catch_up()?;
+        // Bounded work per step: a writer faster than capture must not keep this thread
+        // from stopping, draining for a cutover or taking a base.
+        let step = cap.step(Duration::from_millis(200))?;
         if let Ok(mut s) = src.capture_stats.lock() {
             *s = cap.stats();
         }
@@ -548,11 +550,16 @@ fn capture_loop(
             }
             return Ok(());
         }
-        match requests.recv_timeout(Duration::from_millis(50)) {
+        let wait = if step.caught_up {
+            Duration::from_millis(50)
+        } else {
+            Duration::ZERO
+        };
+        match requests.recv_timeout(wait) {
             Ok(CaptureRequest::Drain(reply)) => {
-                // Everything committed before this request is captured when catch_up returns.
+                // Everything committed before this request is captured when drain returns.
                 let r = cap
-                    .catch_up()
+                    .drain()
                     .map(|_| src.log.durable_lsn())
                     .map_err(|e| e.to_string());
                 if let Ok(mut s) = src.capture_stats.lock() {
@@ -561,8 +568,10 @@ fn capture_loop(
                 let _ = reply.send(r);
             }
             Ok(CaptureRequest::BackupNow(reply)) => {
+                // The base reflects what is captured so far; it need not wait for a writer
+                // that outpaces capture.
                 let r = cap
-                    .catch_up()
+                    .step(Duration::from_millis(500))
                     .map_err(anyhow::Error::from)
                     .and_then(|_| ctx.archive(cap, true))
                     .map(Option::unwrap_or_default)
