@@ -159,7 +159,9 @@ pub fn create_mode_map(
             PgType::Bigint
         } else if let Some(p) = profiles.and_then(|p| p.get(i)) {
             let chosen = p.choose(col);
-            if chosen != declared && p.non_null > 0 {
+            // A column without a declared type is typed by its values (TYPES.md): choosing
+            // is not widening, so there is nothing to warn about.
+            if chosen != declared && p.non_null > 0 && !col.decl_type.trim().is_empty() {
                 notices.push(MapNotice {
                     table: schema.name.clone(),
                     column: Some(col.name.clone()),

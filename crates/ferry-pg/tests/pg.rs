@@ -1249,6 +1249,11 @@ async fn run_until_stopped_with_sqlite_sequence_and_cutover() {
     let client = db.connect().await;
     let p = read_progress(&client, "stop").await.unwrap().unwrap();
     assert_eq!(p.cutover_at, Some(1_800_000_000_000_000));
+    let notices = shipper.status().notices;
+    assert!(
+        notices.iter().all(|n| !n.contains("sqlite_sequence")),
+        "a column without a declared type is typed by its values, not \"widened\": {notices:?}"
+    );
     let adv = shipper.advance_sequences().await.unwrap();
     assert!(
         adv.iter().any(|a| a.table == "t" && a.value == 40),
