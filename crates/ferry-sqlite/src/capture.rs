@@ -39,7 +39,10 @@ use crate::format::{DbHeader, FormatError};
 use crate::pages::{FilePages, Overlay, Page, PageError, PageSource, read_full_at};
 use crate::shadow::{JournalEntry, ResumePoint, Shadow, ShadowError, ShadowState};
 use crate::sink::{RecordSink, SinkError};
-use crate::wal_tail::{ScanOutcome, ScanStart, WalTxn, frame_salts, scan, scan_generation};
+use crate::wal_index::{IndexHeader, WalIndex};
+use crate::wal_tail::{
+    ScanOutcome, ScanStart, WalTxn, count_commits, frame_salts, scan, scan_generation,
+};
 use ferry_core::{
     Lsn, Op, Record, SnapshotBegin, SnapshotEnd, SnapshotRows, SourcePosition, Transaction,
     now_micros,
@@ -138,6 +141,9 @@ pub struct CaptureOptions {
     pub watch: bool,
     /// Run the bounded-WAL checkpoint when the WAL grows past its trigger.
     pub bound_wal: bool,
+    /// Let go of the readers while the application runs a FULL, RESTART or TRUNCATE
+    /// checkpoint, which otherwise waits for them (see [`SqliteCapture::yield_to_checkpoint`]).
+    pub yield_to_checkpoints: bool,
     /// Unused since the bounded-WAL mechanism takes no lock (kept so configurations that
     /// set it still build).
     pub lock_acquire_timeout: Duration,
@@ -155,6 +161,7 @@ impl Default for CaptureOptions {
             batch_bytes: 8 << 20,
             watch: true,
             bound_wal: true,
+            yield_to_checkpoints: true,
             lock_acquire_timeout: Duration::from_secs(2),
         }
     }
@@ -193,6 +200,10 @@ pub struct CaptureStats {
     pub wal_bound_failures: u64,
     /// New WAL generations read from their first frame (restarts seen while tailing).
     pub wal_resets: u64,
+    /// Times ferry let go of its readers for the application's blocking checkpoint.
+    pub checkpoint_yields: u64,
+    /// The longest of those waits without a reader.
+    pub checkpoint_yield_max: Duration,
     /// ferry's holds of SQLite's write lock (none since the bounded-WAL mechanism takes no
     /// lock; the cutover fence is held elsewhere).
     pub lock_hold_max: Duration,
@@ -212,9 +223,13 @@ pub struct SqliteCapture {
     wal_file: Option<File>,
     /// Reader connections, used hand over hand.
     conns: [Connection; 2],
-    /// Set while ferry holds no reader so that the application can restart the WAL (see
-    /// [`SqliteCapture::bound_wal`]): the header of the generation it let go of.
-    released: Option<WalHeader>,
+    /// Set while ferry holds no reader so that the application can restart the WAL or finish
+    /// a checkpoint (see [`SqliteCapture::bound_wal`]): where it let go.
+    released: Option<Release>,
+    /// The `-shm` view (opened once a reader has made SQLite create it).
+    wal_index: Option<WalIndex>,
+    /// No yield to a checkpoint before this (after one that did not end in time).
+    yield_backoff_until: Option<Instant>,
     /// The generation and frame of a release that saw no restart (the next one waits for
     /// the WAL to grow further).
     release_retry: Option<((u32, u32), u32)>,
@@ -232,6 +247,14 @@ pub struct SqliteCapture {
 fn sqlite_err(path: &Path) -> impl Fn(rusqlite::Error) -> CaptureError {
     let p = path.to_path_buf();
     move |source| CaptureError::Sqlite {
+        path: p.clone(),
+        source,
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CaptureError + use<> {
+    let p = path.to_path_buf();
+    move |source| CaptureError::Io {
         path: p.clone(),
         source,
     }
@@ -319,6 +342,8 @@ impl SqliteCapture {
             wal_file: None,
             conns,
             released: None,
+            wal_index: None,
+            yield_backoff_until: None,
             release_retry: None,
             held: None,
             continuous: false,
@@ -780,6 +805,9 @@ impl SqliteCapture {
         if self.opts.bound_wal {
             self.bound_wal()?;
         }
+        if self.opts.yield_to_checkpoints && !more {
+            self.yield_to_checkpoint()?;
+        }
         Ok(more)
     }
 
@@ -1199,10 +1227,12 @@ impl SqliteCapture {
         if u64::from(state.point.frame) * frame_size < due {
             return Ok(());
         }
+        let mark = self.release_mark(&h, state.point.frame)?;
         self.end_read(0)?;
         self.end_read(1)?;
         self.held = None;
-        self.released = Some(h);
+        let release = Release { header: h, mark };
+        self.released = Some(release);
         self.stats.wal_bound_rounds += 1;
         // Wait (briefly) for the restart, watching the header; give up early when neither
         // the WAL nor the database file has changed for a while (nobody is writing or
@@ -1241,14 +1271,231 @@ impl SqliteCapture {
         } else {
             state.point.salts.map(|s| (s, state.point.frame))
         };
-        self.poll_released(h)?;
+        self.poll_released(release)?;
         Ok(())
     }
 
-    /// Takes a reader again after [`SqliteCapture::bound_wal`] let go, and proves that
-    /// nothing was lost meanwhile (see there); reads what the old generation holds after the
-    /// point and, if the WAL restarted once, the new generation from its first frame.
-    fn poll_released(&mut self, old: WalHeader) -> Result<bool, CaptureError> {
+    /// Gets out of the way of the application's blocking checkpoint. A FULL, RESTART or
+    /// TRUNCATE checkpoint takes SQLite's checkpointer and writer locks, then waits in the
+    /// application's busy handler for exclusive locks on read slots: to advance a read mark
+    /// below the WAL's end, and (RESTART/TRUNCATE) on every slot but 0 to restart the WAL.
+    /// Hand-over-hand readers never free their slot — once the writer is stuck inside its
+    /// checkpoint the WAL's end no longer moves, so each new reader joins the old one's slot
+    /// before the old one lets go — and the checkpoint would wait for its whole busy
+    /// timeout, holding the writer lock (every commit, and ferry's cutover fence, waits).
+    ///
+    /// So when a poll has read everything committed and one process holds both locks
+    /// (`WalIndex::blocking_checkpoint`), ferry lets go of both readers, waits until the
+    /// checkpointer lock is free (at most `CHECKPOINT_YIELD_WAIT`) and takes a reader again.
+    /// Continuity is proven as after [`SqliteCapture::bound_wal`], with the wal-index's
+    /// commit counter recorded at the release: after a restart, the commits counted since
+    /// must all be in what is left of the old generation after ferry's point plus the new
+    /// generation — exact even when a TRUNCATE cut the file to nothing. (No commit happens
+    /// while the checkpoint holds the writer lock, so normally there are none.) A wait that
+    /// ran out without the checkpoint ending means something else holds it up: ferry then
+    /// keeps its readers for a while before yielding again.
+    fn yield_to_checkpoint(&mut self) -> Result<(), CaptureError> {
+        if self.released.is_some() || self.held.is_none() {
+            return Ok(());
+        }
+        if self.yield_backoff_until.is_some_and(|t| Instant::now() < t) {
+            return Ok(());
+        }
+        let Some(state) = self.shadow.state else {
+            return Ok(());
+        };
+        self.open_wal_index()?;
+        let blocking = match self.wal_index.as_ref() {
+            Some(idx) => idx.blocking_checkpoint().map_err(io_err(idx.path()))?,
+            None => false,
+        };
+        if !blocking {
+            return Ok(());
+        }
+        let Some(wal) = self.wal_file.as_ref() else {
+            return Ok(());
+        };
+        let Some(h) = crate::wal_tail::read_header(wal).map_err(self.io_err(&self.wal_path))?
+        else {
+            // An empty WAL: readers take slot 0 and hold up no checkpoint.
+            return Ok(());
+        };
+        if state.point.salts != Some((h.salt1, h.salt2)) {
+            return Ok(());
+        }
+        // Only when caught up (the next poll reads the rest first).
+        let Some(mark) = self.release_mark(&h, state.point.frame)? else {
+            return Ok(());
+        };
+        if mark.mx_frame != state.point.frame {
+            return Ok(());
+        }
+        self.end_read(0)?;
+        self.end_read(1)?;
+        self.held = None;
+        let release = Release {
+            header: h,
+            mark: Some(mark),
+        };
+        self.released = Some(release);
+        self.stats.checkpoint_yields += 1;
+        let started = Instant::now();
+        let mut ended = false;
+        // Take a reader again as soon as the checkpoint is over or has restarted the WAL
+        // (the wal-index header changed): the application commits again right after, and
+        // a second restart while ferry holds no reader would lose what it wrote in between.
+        while started.elapsed() < CHECKPOINT_YIELD_WAIT {
+            let Some(idx) = self.wal_index.as_ref() else {
+                break;
+            };
+            let err = io_err(idx.path());
+            if !idx.blocking_checkpoint().map_err(&err)?
+                || idx.header().map_err(&err)? != Some(mark)
+            {
+                ended = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        let waited = started.elapsed();
+        self.stats.checkpoint_yield_max = self.stats.checkpoint_yield_max.max(waited);
+        self.yield_backoff_until = (!ended).then(|| Instant::now() + CHECKPOINT_YIELD_BACKOFF);
+        if !ended {
+            tracing::debug!(db = %self.db_path.display(), ?waited, "the application's checkpoint did not end while ferry held no reader");
+        }
+        self.poll_released(release)?;
+        Ok(())
+    }
+
+    /// The `-shm` view, opened on first use (after a reader has made SQLite create it).
+    fn open_wal_index(&mut self) -> Result<(), CaptureError> {
+        if self.wal_index.is_none() {
+            self.wal_index = WalIndex::open(&self.db_path).map_err(io_err(&self.db_path))?;
+        }
+        Ok(())
+    }
+
+    /// The wal-index header of generation `h` once it shows at least `frame` (its header is
+    /// written just after the commit frame), read under a held reader; `None` without a
+    /// wal-index, or when it does not settle at once.
+    fn release_mark(
+        &mut self,
+        h: &WalHeader,
+        frame: u32,
+    ) -> Result<Option<IndexHeader>, CaptureError> {
+        self.open_wal_index()?;
+        let Some(idx) = self.wal_index.as_ref() else {
+            return Ok(None);
+        };
+        for _ in 0..20 {
+            let Some(ih) = idx.header().map_err(io_err(idx.path()))? else {
+                return Ok(None);
+            };
+            if ih.salts != (h.salt1, h.salt2) {
+                return Ok(None);
+            }
+            if ih.mx_frame >= frame {
+                return Ok(Some(ih));
+            }
+            std::thread::sleep(Duration::from_micros(100));
+        }
+        Ok(None)
+    }
+
+    /// Takes a reader again after a release that recorded the wal-index header (`mark`),
+    /// and proves from its commit counter that nothing was lost meanwhile.
+    ///
+    /// Order: pin a reader, read what the old generation holds after `point` (frames are
+    /// taken only where its salts and checksum chain still hold), then read the wal-index
+    /// header. Same salts as the mark: the WAL has not restarted since the release, so the
+    /// old generation was untouched while it was read and the tail is complete. Otherwise
+    /// (one restart or several, TRUNCATEd or not, the new header written or not yet) the
+    /// commits counted since the mark must equal the tail's commits after the mark's frame
+    /// plus the current generation's commits through its last commit frame; then nothing
+    /// more can be lost either: under the pinned reader the current generation's commits
+    /// cannot be restarted away (with a read mark above 0 nothing restarts; with mark 0
+    /// nothing is backfilled, and a restart needs every frame backfilled), so the next read
+    /// takes the current generation from its first frame. A count that does not match is a
+    /// resync (commits went by in a generation that no longer exists).
+    fn poll_released_counted(
+        &mut self,
+        old: WalHeader,
+        point: ResumePoint,
+        mark: IndexHeader,
+    ) -> Result<bool, CaptureError> {
+        let io = io_err(&self.wal_path);
+        let tail = match self.wal_file.as_ref() {
+            Some(wal) => match scan_generation(
+                wal,
+                old,
+                ScanStart::After(point),
+                point.change_counter,
+                usize::MAX,
+            )
+            .map_err(&io)?
+            {
+                ScanOutcome::Frames { txns, .. } => txns,
+                _ => Vec::new(),
+            },
+            None => Vec::new(),
+        };
+        let now = match self.wal_index.as_ref() {
+            Some(idx) => idx.header().map_err(io_err(idx.path()))?,
+            None => None,
+        };
+        let Some(now) = now else {
+            return self.resync_held();
+        };
+        if now.salts == mark.salts {
+            self.apply_batch(tail)?;
+            self.continuous = true;
+            return Ok(false);
+        }
+        // The counter was read at the mark's frame: the tail must reach it.
+        let covered =
+            mark.mx_frame == point.frame || tail.iter().any(|t| t.point.frame == mark.mx_frame);
+        let tail_commits = tail
+            .iter()
+            .filter(|t| t.point.frame > mark.mx_frame)
+            .count() as u64;
+        let wal = self.wal_file.as_ref();
+        let current = match wal {
+            Some(w) => crate::wal_tail::read_header(w).map_err(&io)?,
+            None => None,
+        };
+        let new_commits = match (wal, current) {
+            (Some(w), Some(cur)) if (cur.salt1, cur.salt2) == now.salts => {
+                match count_commits(w, &cur, now.mx_frame).map_err(&io)? {
+                    (n, true) => Some(n),
+                    _ => None,
+                }
+            }
+            // A generation's header is written with its first frame.
+            _ if now.mx_frame == 0 => Some(0),
+            _ => None,
+        };
+        let counted = now.change.wrapping_sub(mark.change);
+        if !covered || new_commits.map(|n| n + tail_commits) != Some(u64::from(counted)) {
+            tracing::debug!(
+                ?mark,
+                ?now,
+                tail_commits,
+                ?new_commits,
+                "commits went by unseen while ferry held no reader"
+            );
+            return self.resync_held();
+        }
+        self.apply_batch(tail)?;
+        self.continuous = true;
+        self.read_after_restart()
+    }
+
+    /// Takes a reader again after [`SqliteCapture::bound_wal`] or
+    /// [`SqliteCapture::yield_to_checkpoint`] let go, and proves that nothing was lost
+    /// meanwhile (see there); reads what the old generation holds after the point and, if
+    /// the WAL restarted, the new generation from its first frame.
+    fn poll_released(&mut self, release: Release) -> Result<bool, CaptureError> {
+        let old = release.header;
         let state = self.shadow.state.ok_or_else(|| ShadowError::Corrupt {
             path: self.db_path.clone(),
             problem: "no state".into(),
@@ -1260,6 +1507,12 @@ impl SqliteCapture {
         self.held = Some(r);
         self.released = None;
         self.wal()?;
+        if let Some(mark) = release.mark
+            && self.wal_index.is_some()
+        {
+            return self.poll_released_counted(old, state.point, mark);
+        }
+        // Without the wal-index: the salts alone.
         let wal_path = self.wal_path.clone();
         let io = move |source| CaptureError::Io {
             path: wal_path.clone(),
@@ -1307,8 +1560,13 @@ impl SqliteCapture {
         if !restarted_once {
             return Ok(false);
         }
-        // The new generation from its first frame: read_committed sees other salts with a
-        // reader held since the old generation's end was established.
+        self.read_new_generation(seen)
+    }
+
+    /// After a proven restart: the new generation from its first frame (read_committed sees
+    /// other salts with a reader held since the old generation's end was established).
+    /// `seen`: the WAL header's salts when the proof began.
+    fn read_new_generation(&mut self, seen: Option<(u32, u32)>) -> Result<bool, CaptureError> {
         let more = match self.read_committed(self.opts.batch_bytes)? {
             Committed::Txns { txns, more } => {
                 self.apply_batch(txns)?;
@@ -1321,10 +1579,35 @@ impl SqliteCapture {
             }
         };
         // As above: an unchanged header proves the new generation's frames were read whole.
-        if salts_now(self)? != seen {
+        if self.wal_header_salts()? != seen {
             return self.resync_held();
         }
         Ok(more)
+    }
+
+    /// The current generation after a restart proven by the commit counter (see
+    /// [`SqliteCapture::poll_released_counted`]).
+    fn read_after_restart(&mut self) -> Result<bool, CaptureError> {
+        Ok(match self.read_committed(self.opts.batch_bytes)? {
+            Committed::Txns { txns, more } => {
+                self.apply_batch(txns)?;
+                more
+            }
+            Committed::Nothing => false,
+            Committed::Gap => {
+                self.resync()?;
+                false
+            }
+        })
+    }
+
+    fn wal_header_salts(&self) -> Result<Option<(u32, u32)>, CaptureError> {
+        Ok(match self.wal_file.as_ref() {
+            Some(w) => crate::wal_tail::read_header(w)
+                .map_err(self.io_err(&self.wal_path))?
+                .map(|h| (h.salt1, h.salt2)),
+            None => None,
+        })
     }
 
     fn resync_held(&mut self) -> Result<bool, CaptureError> {
@@ -1339,6 +1622,22 @@ impl SqliteCapture {
 /// application's autocheckpoint to backfill and its next write to restart the WAL; and how
 /// long without a write to the WAL ends the wait early.
 const RELEASE_WAIT: Duration = Duration::from_millis(300);
+
+/// How long [`SqliteCapture::yield_to_checkpoint`] holds no reader at most, waiting for the
+/// application's checkpoint to end: longer than SQLite's default busy handler sleeps between
+/// two tries (100 ms at most), plus the checkpoint's own work. And how long it keeps its
+/// readers after a wait that ran out before yielding again.
+const CHECKPOINT_YIELD_WAIT: Duration = Duration::from_millis(300);
+const CHECKPOINT_YIELD_BACKOFF: Duration = Duration::from_secs(1);
+
+/// Where ferry let go of its readers: the WAL header of the generation it had read up to
+/// the shadow's point, and the wal-index header then (its commit counter proves afterwards
+/// how many commits went by; `None` without a readable wal-index).
+#[derive(Clone, Copy, Debug)]
+struct Release {
+    header: WalHeader,
+    mark: Option<IndexHeader>,
+}
 const RELEASE_IDLE: Duration = Duration::from_millis(100);
 
 /// SQLite's default `wal_autocheckpoint`: the WAL size at which the application itself would

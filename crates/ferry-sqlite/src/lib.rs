@@ -4,7 +4,7 @@
 //! structures, never trusting a byte), [`schema`] (`CREATE TABLE` to `TableSchema`),
 //! [`pages`] (database states as page sources), [`decode`] (per-transaction, per-b-tree row
 //! diffs), [`shadow`] (the page-exact copy and its journal), [`wal_tail`] (committed
-//! transactions out of the WAL), and [`capture`] (snapshot, hand-over-hand tailing, resync,
+//! transactions out of the WAL), [`wal_index`] (the `-shm` header and lock probes), and [`capture`] (snapshot, hand-over-hand tailing, resync,
 //! rollback-journal polling, bounded WAL), which writes records into a [`sink::RecordSink`].
 
 pub mod capture;
@@ -14,6 +14,7 @@ pub mod pages;
 pub mod schema;
 pub mod shadow;
 pub mod sink;
+pub mod wal_index;
 pub mod wal_tail;
 
 pub use capture::{

@@ -197,3 +197,30 @@ pub fn frame_salts(wal: &File, header: &WalHeader, n: u32) -> std::io::Result<Op
     }
     Ok(WalFrameHeader::parse(&fh).map(|h| (h.salt1, h.salt2)))
 }
+
+/// The commits of generation `header` in the file from its first frame through frame
+/// `upto` (validated like a scan, pages not kept): how many, and whether one ends exactly
+/// at `upto` (true for `upto == 0`).
+pub fn count_commits(wal: &File, header: &WalHeader, upto: u32) -> std::io::Result<(u64, bool)> {
+    let fsize = header.frame_size();
+    let file_len = wal.metadata()?.len();
+    let mut cksum = header.checksum;
+    let mut commits = 0u64;
+    let mut buf = vec![0u8; fsize];
+    for frame in 1..=upto {
+        let off = header.frame_offset(frame);
+        if off + fsize as u64 > file_len || read_up_to(wal, &mut buf, off)? < fsize {
+            return Ok((commits, false));
+        }
+        let Some((fh, c)) = WalFrameHeader::validate(&buf, header, cksum) else {
+            return Ok((commits, false));
+        };
+        cksum = c;
+        if fh.commit != 0 {
+            commits += 1;
+        } else if frame == upto {
+            return Ok((commits, false));
+        }
+    }
+    Ok((commits, true))
+}
