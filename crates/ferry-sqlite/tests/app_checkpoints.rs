@@ -154,10 +154,10 @@ fn run_with_capture(mode: &'static str, n: i64, every: i64) {
 
 #[test]
 fn application_truncate_checkpoints_do_not_wait_for_capture() {
-    run_with_capture("TRUNCATE", 1200, 60);
+    run_with_capture("TRUNCATE", 1500, 10);
 }
 
 #[test]
 fn application_restart_checkpoints_do_not_wait_for_capture() {
-    run_with_capture("RESTART", 600, 60);
+    run_with_capture("RESTART", 600, 10);
 }
