@@ -15,13 +15,13 @@ fn run_verify_cutover_under_load_then_writes_after_cutover_are_reported() {
     let db = dir.path().join("app.db");
     let state = dir.path().join("state");
     SampleApp::prepare(&db, 300);
-    // PASSIVE: with TRUNCATE the application's checkpoint currently waits for ferry's
-    // read slot and stalls it (see issue 3's note); the TRUNCATE case belongs here too.
+    // TRUNCATE: the application's own blocking checkpoints must complete while ferry
+    // captures (ferry lets go of its read slot for them) and must not hold up the cutover.
     let app = start_app(
         &db,
         150,
         7,
-        &["--checkpoint-every", "200", "--checkpoint-mode", "passive"],
+        &["--checkpoint-every", "200", "--checkpoint-mode", "truncate"],
     );
     let run = FerryRun::sqlite(&db, pg.url(), &state);
     run.wait_caught_up(Duration::from_secs(120));
