@@ -169,6 +169,9 @@ fn scrape_parses_counts_match_and_lag_follows_postgres() {
         value(&m, "ferry_replication_lag_records", None) == 0.0
             && value(&m, "ferry_replication_lag_seconds", None) == 0.0
     });
+    // The error is over: the source streams again and `ferry status` says so.
+    run.wait_caught_up(Duration::from_secs(60));
+    assert!(run.source_status()["last_error"].is_null());
     let (ctype, body) = run.scrape();
     let m = parse(&ctype, &body);
     assert!(

@@ -59,15 +59,15 @@ fn run_archives_and_restore_rebuilds_the_latest_state() {
     assert!(listing.contains("\"app\""), "{listing}");
 
     // The latest point is what the application left: the shutdown sealed and archived it.
+    // A bare file name: relative to the current directory.
     let restored = dir.path().join("restored.db");
-    let out = run_ferry(&[
-        "restore",
-        "--archive-dir",
-        archive.to_str().unwrap(),
-        "--latest",
-        "--output",
-        restored.to_str().unwrap(),
-    ]);
+    let out = ferry_e2e::ferry()
+        .current_dir(dir.path())
+        .args(["restore", "--archive-dir"])
+        .arg(&archive)
+        .args(["--latest", "--output", "restored.db"])
+        .output()
+        .unwrap();
     expect_exit(&out, 0, "ferry restore --latest");
     assert_eq!(
         sqlite_tables(&restored),

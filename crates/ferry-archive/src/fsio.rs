@@ -17,6 +17,12 @@ pub(crate) fn temp_path(path: &Path) -> PathBuf {
 }
 
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), ArchiveError> {
+    // `Path::parent` of a bare file name is "": the current directory.
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| ArchiveError::io("syncing the directory", dir, e))

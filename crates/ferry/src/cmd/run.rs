@@ -976,8 +976,9 @@ fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop
                         s.state = if st.phase == "streaming" { SourceState::Streaming } else { SourceState::Snapshotting };
                         s.last_error = None;
                     }
-                    (Some(st), SourceState::Error) if st.phase == "streaming" && s.last_error.as_deref().is_some_and(|e| e.starts_with("shipping")) => {
-                        s.state = SourceState::Streaming;
+                    // A shipping error is over once a shipper runs again without one.
+                    (Some(st), SourceState::Error) if st.phase != "failed" && st.last_error.is_none() && s.last_error.as_deref().is_some_and(|e| e.starts_with("shipping")) => {
+                        s.state = if st.phase == "streaming" { SourceState::Streaming } else { SourceState::Snapshotting };
                         s.last_error = None;
                     }
                     _ => {}
