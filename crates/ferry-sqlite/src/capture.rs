@@ -13,9 +13,14 @@
 //!   backfilled). `continuous` records that a reader has been held since the resume point was
 //!   established; only then is a new generation read from its first frame.
 //! - **Except while the WAL is let go.** Held readers starve SQLite's WAL restart, so when
-//!   the WAL grows past a trigger ferry holds no reader for a moment and proves continuity
-//!   afterwards from the salts instead (one restart = salt-1 plus one) — see
-//!   [`SqliteCapture::bound_wal`]; a proof that fails is a resync, never a silent loss.
+//!   the WAL grows past a trigger ([`SqliteCapture::bound_wal`]), and while the application
+//!   runs a blocking (FULL/RESTART/TRUNCATE) checkpoint that waits for ferry's read slot
+//!   (`SqliteCapture::yield_to_checkpoint`), ferry holds no reader for a moment and proves
+//!   continuity afterwards: with the wal-index's commit counter recorded at the release
+//!   (commits counted since = commits still readable in the old generation's tail and the
+//!   current generation; exact even after a TRUNCATE emptied the file), or, without a
+//!   readable wal-index, from the salts (one restart = salt-1 plus one). A proof that fails
+//!   is a resync, never a silent loss.
 //! - **Anything else is a resync.** At start-up (no reader was held while ferry was down), a
 //!   resume point that the WAL no longer proves (other salts, a missing or different frame)
 //!   means the application may have checkpointed and restarted its WAL in between. Capture
@@ -25,8 +30,9 @@
 //!   is redone up to the log's last record on open), so nothing is lost or doubled.
 //! - **One long-lived descriptor per file.** The database file and the `-wal` file are opened
 //!   once and kept: closing any descriptor of the database file in this process would drop
-//!   the POSIX locks SQLite holds through its own descriptors. The `-shm` file is never opened
-//!   by ferry. Every connection sets `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`.
+//!   the POSIX locks SQLite holds through its own descriptors. The `-shm` file is opened once
+//!   per process and never closed, only read and lock-probed (`F_OFD_GETLK`, which takes no
+//!   lock; see [`crate::wal_index`]). Every connection sets `SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE`.
 //! - **The source is never written** and ferry runs no checkpoints: keeping the WAL bounded
 //!   only lets the application's own autocheckpoint complete.
 //! - **Work per call is bounded**: [`SqliteCapture::step`] returns after about its budget
@@ -142,7 +148,7 @@ pub struct CaptureOptions {
     /// Run the bounded-WAL checkpoint when the WAL grows past its trigger.
     pub bound_wal: bool,
     /// Let go of the readers while the application runs a FULL, RESTART or TRUNCATE
-    /// checkpoint, which otherwise waits for them (see [`SqliteCapture::yield_to_checkpoint`]).
+    /// checkpoint, which otherwise waits for them (see `SqliteCapture::yield_to_checkpoint`).
     pub yield_to_checkpoints: bool,
     /// Unused since the bounded-WAL mechanism takes no lock (kept so configurations that
     /// set it still build).
@@ -1491,7 +1497,7 @@ impl SqliteCapture {
     }
 
     /// Takes a reader again after [`SqliteCapture::bound_wal`] or
-    /// [`SqliteCapture::yield_to_checkpoint`] let go, and proves that nothing was lost
+    /// `SqliteCapture::yield_to_checkpoint` let go, and proves that nothing was lost
     /// meanwhile (see there); reads what the old generation holds after the point and, if
     /// the WAL restarted, the new generation from its first frame.
     fn poll_released(&mut self, release: Release) -> Result<bool, CaptureError> {
@@ -1623,7 +1629,7 @@ impl SqliteCapture {
 /// long without a write to the WAL ends the wait early.
 const RELEASE_WAIT: Duration = Duration::from_millis(300);
 
-/// How long [`SqliteCapture::yield_to_checkpoint`] holds no reader at most, waiting for the
+/// How long `SqliteCapture::yield_to_checkpoint` holds no reader at most, waiting for the
 /// application's checkpoint to end: longer than SQLite's default busy handler sleeps between
 /// two tries (100 ms at most), plus the checkpoint's own work. And how long it keeps its
 /// readers after a wait that ran out before yielding again.
