@@ -106,6 +106,21 @@ impl FerryRun {
         });
     }
 
+    /// Waits until every source streams with at most a few records of lag: the condition to
+    /// wait for while writers are still running (exact equality may never be observed then).
+    pub fn wait_streaming(&self, timeout: Duration) {
+        wait_until("ferry run to stream with little lag", timeout, || {
+            let (_, r) = self.status();
+            let sources = r["sources"].as_array().cloned().unwrap_or_default();
+            !sources.is_empty()
+                && sources.iter().all(|s| {
+                    s["state"] == "streaming"
+                        && s["shipped_lsn"].as_u64().unwrap_or(0) > 0
+                        && s["lag_records"].as_u64().is_some_and(|l| l <= 100)
+                })
+        });
+    }
+
     /// A scrape the way Prometheus does it: (content type, body).
     pub fn scrape(&self) -> (String, String) {
         let (code, ctype, body) = http_get(&self.admin_addr(), "/metrics", Some(PROMETHEUS_ACCEPT));

@@ -44,7 +44,7 @@ table_prefix = "inst_"
     let app_core = start_app(&core, 80, 1, &[]);
     let app_inst = start_app(&inst, 80, 2, &[]);
     let run = FerryRun::start(&state, ["--config", config.to_str().unwrap()]);
-    run.wait_caught_up(Duration::from_secs(120));
+    run.wait_streaming(Duration::from_secs(120));
     let (_, report) = run.status();
     let names: Vec<&str> = report["sources"]
         .as_array()

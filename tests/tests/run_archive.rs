@@ -30,7 +30,7 @@ fn run_archives_and_restore_rebuilds_the_latest_state() {
             OsStr::new("1h"),
         ],
     );
-    run.wait_caught_up(Duration::from_secs(120));
+    run.wait_streaming(Duration::from_secs(120));
 
     // A base on demand, through the control socket, while the application writes.
     let out = run_ferry(&["backup", "now", "--state-dir", state.to_str().unwrap()]);

@@ -24,7 +24,7 @@ fn run_verify_cutover_under_load_then_writes_after_cutover_are_reported() {
         &["--checkpoint-every", "200", "--checkpoint-mode", "truncate"],
     );
     let run = FerryRun::sqlite(&db, pg.url(), &state);
-    run.wait_caught_up(Duration::from_secs(120));
+    run.wait_streaming(Duration::from_secs(120));
 
     // Verify while the application writes: equal.
     let db_s = db.to_str().unwrap();
@@ -181,7 +181,7 @@ fn failing_switch_or_a_difference_aborts_and_releases_the_fence() {
     SampleApp::prepare(&db, 100);
     let app = start_app(&db, 100, 3, &[]);
     let run = FerryRun::sqlite(&db, pg.url(), &state);
-    run.wait_caught_up(Duration::from_secs(120));
+    run.wait_streaming(Duration::from_secs(120));
     let out = run_ferry(&[
         "cutover",
         "--state-dir",
