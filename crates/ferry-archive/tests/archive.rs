@@ -415,8 +415,11 @@ fn bases_taken_while_the_application_writes_continuously_are_consistent() {
             let c = rusqlite::Connection::open(&db).unwrap();
             c.busy_timeout(Duration::from_secs(10)).unwrap();
             let mut n = 0u64;
-            while !stop.load(Ordering::SeqCst) && n < 20_000 {
+            // Writes until the bases are taken (paced, so capture and the bases interleave
+            // with commits on any machine speed).
+            while !stop.load(Ordering::SeqCst) {
                 n += 1;
+                std::thread::sleep(Duration::from_micros(500));
                 c.execute_batch(&format!(
                     "BEGIN;
                      INSERT INTO users(name, score) VALUES ('w{n}', {n});
@@ -432,7 +435,13 @@ fn bases_taken_while_the_application_writes_continuously_are_consistent() {
     };
     // Capture in short steps while the writer runs; a base every few steps.
     let mut rounds = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
     while h.bases.len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {} bases in 120 s",
+            h.bases.len()
+        );
         h.cap.step(Duration::from_millis(20)).unwrap();
         rounds += 1;
         let since = h.bases.last().map_or(Lsn::ZERO, |b| *b);
