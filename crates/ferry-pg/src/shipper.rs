@@ -1408,6 +1408,40 @@ fn check_name_collisions(maps: &BTreeMap<String, TableMap>) -> Result<(), PgErro
 
 /// Applies one schema change inside the batch's transaction; returns whether the maps
 /// changed. Create mode changes PostgreSQL; existing mode reports and follows by name.
+/// Existing mode: maps a SQLite table onto the PostgreSQL table the application created
+/// (`missing` is the error when there is none), records it as streaming and adds the map.
+async fn map_onto_existing(
+    tx: &tokio_postgres::Transaction<'_>,
+    opts: &ShipOptions,
+    schema: &ferry_core::TableSchema,
+    tschema: &str,
+    tname: &str,
+    missing: String,
+    maps: &mut BTreeMap<String, TableMap>,
+) -> Result<(), PgError> {
+    let Some(ct) = catalog::find_table(tx, tschema, tname).await? else {
+        return Err(PgError::SchemaMismatch {
+            problems: vec![missing],
+        });
+    };
+    let mut problems = Vec::new();
+    let Some(m) = catalog::map_onto(schema, &ct, opts.keep_case, &mut problems) else {
+        return Err(PgError::SchemaMismatch { problems });
+    };
+    progress::upsert_table(
+        tx,
+        &opts.source_id,
+        &schema.name,
+        tschema,
+        &m.target_table,
+        TableState::Streaming,
+        schema,
+    )
+    .await?;
+    maps.insert(schema.name.clone(), m);
+    Ok(())
+}
+
 async fn apply_schema_change(
     tx: &tokio_postgres::Transaction<'_>,
     sc: &SchemaChange,
@@ -1493,29 +1527,11 @@ async fn apply_schema_change(
             let schema = need_schema()?;
             let (tschema, tname) = opts.target_of(&schema.name);
             if !create && tschema != "ferry" {
-                let Some(ct) = catalog::find_table(tx, &tschema, &tname).await? else {
-                    return Err(PgError::SchemaMismatch {
-                        problems: vec![format!(
-                            "the application created table {:?} in SQLite; {tschema}.{tname} does not exist in PostgreSQL (existing mode: run the application's migration on PostgreSQL, then restart ferry)",
-                            schema.name
-                        )],
-                    });
-                };
-                let mut problems = Vec::new();
-                let Some(m) = catalog::map_onto(&schema, &ct, opts.keep_case, &mut problems) else {
-                    return Err(PgError::SchemaMismatch { problems });
-                };
-                progress::upsert_table(
-                    tx,
-                    &opts.source_id,
-                    &schema.name,
-                    &tschema,
-                    &m.target_table,
-                    TableState::Streaming,
-                    &schema,
-                )
-                .await?;
-                maps.insert(schema.name.clone(), m);
+                let missing = format!(
+                    "the application created table {:?} in SQLite; {tschema}.{tname} does not exist in PostgreSQL (existing mode: run the application's migration on PostgreSQL, then restart ferry)",
+                    schema.name
+                );
+                map_onto_existing(tx, opts, &schema, &tschema, &tname, missing, maps).await?;
                 notices.push(format!(
                     "table {:?} created in SQLite; mapped onto {tschema}.{tname}",
                     schema.name
@@ -1603,29 +1619,11 @@ async fn apply_schema_change(
                     if from != schema.name { format!("renamed from {from:?}") } else { "altered".into() },
                     old.qualified()
                 ));
-                let Some(ct) = catalog::find_table(tx, &tschema, &tname).await? else {
-                    return Err(PgError::SchemaMismatch {
-                        problems: vec![format!(
-                            "table {tschema}.{tname} (for SQLite table {:?}) does not exist",
-                            schema.name
-                        )],
-                    });
-                };
-                let mut problems = Vec::new();
-                let Some(m) = catalog::map_onto(&schema, &ct, opts.keep_case, &mut problems) else {
-                    return Err(PgError::SchemaMismatch { problems });
-                };
-                progress::upsert_table(
-                    tx,
-                    &opts.source_id,
-                    &schema.name,
-                    &tschema,
-                    &m.target_table,
-                    TableState::Streaming,
-                    &schema,
-                )
-                .await?;
-                maps.insert(schema.name.clone(), m);
+                let missing = format!(
+                    "table {tschema}.{tname} (for SQLite table {:?}) does not exist",
+                    schema.name
+                );
+                map_onto_existing(tx, opts, &schema, &tschema, &tname, missing, maps).await?;
                 return Ok(true);
             }
             let new_map =

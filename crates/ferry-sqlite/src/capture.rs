@@ -1208,16 +1208,9 @@ impl SqliteCapture {
         if self.held.is_none() {
             return Ok(());
         }
-        let Some(wal) = self.wal_file.as_ref() else {
+        let Some(h) = self.header_of_our_generation(&state)? else {
             return Ok(());
         };
-        let Some(h) = crate::wal_tail::read_header(wal).map_err(self.io_err(&self.wal_path))?
-        else {
-            return Ok(());
-        };
-        if state.point.salts != Some((h.salt1, h.salt2)) {
-            return Ok(());
-        }
         let frame_size = h.frame_size() as u64;
         let trigger = (self.opts.wal_limit_bytes / 4)
             .min(APP_AUTOCHECKPOINT_FRAMES * frame_size)
@@ -1300,6 +1293,19 @@ impl SqliteCapture {
     /// while the checkpoint holds the writer lock, so normally there are none.) A wait that
     /// ran out without the checkpoint ending means something else holds it up: ferry then
     /// keeps its readers for a while before yielding again.
+    /// The WAL's header when the WAL holds the generation the shadow's state is in (`None`:
+    /// no WAL, no header, or another generation — a release would prove nothing then).
+    fn header_of_our_generation(
+        &self,
+        state: &ShadowState,
+    ) -> Result<Option<crate::format::wal::WalHeader>, CaptureError> {
+        let Some(wal) = self.wal_file.as_ref() else {
+            return Ok(None);
+        };
+        let header = crate::wal_tail::read_header(wal).map_err(self.io_err(&self.wal_path))?;
+        Ok(header.filter(|h| state.point.salts == Some((h.salt1, h.salt2))))
+    }
+
     fn yield_to_checkpoint(&mut self) -> Result<(), CaptureError> {
         if self.released.is_some() || self.held.is_none() {
             return Ok(());
@@ -1318,17 +1324,10 @@ impl SqliteCapture {
         if !blocking {
             return Ok(());
         }
-        let Some(wal) = self.wal_file.as_ref() else {
+        // An empty WAL (no header): readers take slot 0 and hold up no checkpoint.
+        let Some(h) = self.header_of_our_generation(&state)? else {
             return Ok(());
         };
-        let Some(h) = crate::wal_tail::read_header(wal).map_err(self.io_err(&self.wal_path))?
-        else {
-            // An empty WAL: readers take slot 0 and hold up no checkpoint.
-            return Ok(());
-        };
-        if state.point.salts != Some((h.salt1, h.salt2)) {
-            return Ok(());
-        }
         // Only when caught up (the next poll reads the rest first).
         let Some(mark) = self.release_mark(&h, state.point.frame)? else {
             return Ok(());

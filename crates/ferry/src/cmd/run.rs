@@ -209,19 +209,7 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
                 .set(2);
         }
         let (capture_tx, capture_rx) = std::sync::mpsc::channel();
-        let ship_options = ShipOptions {
-            schema: sc.schema.clone(),
-            table_prefix: sc.table_prefix.clone(),
-            mode: if sc.mode == "existing" {
-                TargetMode::Existing
-            } else {
-                TargetMode::Create
-            },
-            include: sc.include.clone(),
-            exclude: sc.exclude.clone(),
-            source_id: id.0.clone(),
-            ..ShipOptions::default()
-        };
+        let ship_options = ship_options_of(sc, &id.0);
         let src = Arc::new(SourceRuntime {
             id: id.0.clone(),
             path: sc.path.clone(),
@@ -648,6 +636,23 @@ async fn ship_loop(
     }
 }
 
+/// How a configured source ships: schema, prefix, mode and table filters.
+fn ship_options_of(sc: &SourceConfig, source_id: &str) -> ShipOptions {
+    ShipOptions {
+        schema: sc.schema.clone(),
+        table_prefix: sc.table_prefix.clone(),
+        mode: if sc.mode == "existing" {
+            TargetMode::Existing
+        } else {
+            TargetMode::Create
+        },
+        include: sc.include.clone(),
+        exclude: sc.exclude.clone(),
+        source_id: source_id.to_string(),
+        ..ShipOptions::default()
+    }
+}
+
 /// A source `ferry run` only ships: sled, whose capture runs inside the application (the
 /// ferry-sled library writes the log in its own state directory).
 struct ShippedOnlySource {
@@ -682,19 +687,7 @@ fn shipped_only_source(
     status.update(&id, |s| s.log_id = Some(ro.log_id().to_string()));
     metrics.register_source(&id, false);
     Ok(ShippedOnlySource {
-        options: ShipOptions {
-            schema: sc.schema.clone(),
-            table_prefix: sc.table_prefix.clone(),
-            mode: if sc.mode == "existing" {
-                TargetMode::Existing
-            } else {
-                TargetMode::Create
-            },
-            include: sc.include.clone(),
-            exclude: sc.exclude.clone(),
-            source_id: id.clone(),
-            ..ShipOptions::default()
-        },
+        options: ship_options_of(sc, &id),
         id,
         log: Arc::new(LogHandle::ReadOnly(ro)),
         ship_status: Default::default(),
@@ -717,16 +710,7 @@ fn monitor_shipped_only(src: &ShippedOnlySource, ctx: &RunContext) {
     let lag_seconds = if lag_records == 0 {
         0.0
     } else {
-        src.log
-            .reader(applied.next())
-            .ok()
-            .and_then(|mut r| r.next())
-            .and_then(Result::ok)
-            .and_then(|(_, p)| ferry_core::Record::decode(&p).ok())
-            .and_then(|r| r.captured_at())
-            .map_or(0.0, |at| {
-                ((ferry_core::now_micros() - at).max(0) as f64) / 1e6
-            })
+        oldest_unapplied_age(src.log.reader(applied.next()))
     };
     let l = SourceLabel {
         source: src.id.clone(),
@@ -848,7 +832,7 @@ fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop
             let lag_seconds = if lag_records == 0 {
                 0.0
             } else {
-                oldest_unapplied_age(&src.log, applied)
+                oldest_unapplied_age(src.log.reader(applied.next()))
             };
             let p = &mut published[i];
             let m = &ctx.metrics;
@@ -997,8 +981,9 @@ fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop
 }
 
 /// Seconds since the capture of the oldest record not yet applied.
-fn oldest_unapplied_age(log: &ferry_log::Log, applied: Lsn) -> f64 {
-    let Ok(mut reader) = log.reader(applied.next()) else {
+/// `reader` starts at the first record not yet applied.
+fn oldest_unapplied_age(reader: Result<ferry_log::LogReader, ferry_log::LogError>) -> f64 {
+    let Ok(mut reader) = reader else {
         return 0.0;
     };
     match reader.next() {
