@@ -10,6 +10,11 @@ pub enum CaptureError {
     Sled(#[from] sled::Error),
 
     #[error(
+        "the sled database {path:?} stayed locked for {waited:?}: another process (or a sled::Db of this one that is still open) uses it; stop it, or hand its Db to CapturedDb::with_db"
+    )]
+    Locked { path: PathBuf, waited: Duration },
+
+    #[error(
         "the outbox in the sled database is corrupt ({detail}); it was written by another program or a newer ferry-sled"
     )]
     CorruptOutbox { detail: String },

@@ -68,7 +68,7 @@ impl CapturedDb {
         state_dir: impl AsRef<Path>,
         opts: CaptureOptions,
     ) -> Result<CapturedDb, CaptureError> {
-        let db = sled::Config::new().path(path.as_ref()).open()?;
+        let db = open_waiting_for_lock(path.as_ref(), LOCK_WAIT)?;
         CapturedDb::with_db(db, path, state_dir, opts)
     }
 
@@ -148,4 +148,66 @@ fn absolute(path: &Path) -> Result<PathBuf, CaptureError> {
         path: path.to_path_buf(),
         source,
     })
+}
+
+/// How long [`CapturedDb::open`] waits for sled's file lock. sled releases it only when its
+/// background flusher lets go of the last handle, some time after the application dropped its
+/// `Db`: an in-process reopen (an application restarting its storage, a test) would otherwise
+/// fail at random.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn open_waiting_for_lock(path: &Path, wait: std::time::Duration) -> Result<sled::Db, CaptureError> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut pause = std::time::Duration::from_millis(5);
+    loop {
+        match sled::Config::new().path(path).open() {
+            Ok(db) => return Ok(db),
+            Err(sled::Error::Io(e)) if is_lock_contention(&e) => {
+                if std::time::Instant::now() >= deadline {
+                    return Err(CaptureError::Locked {
+                        path: path.to_path_buf(),
+                        waited: wait,
+                    });
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// sled reports a held lock as a custom `Other` error whose text names the lock (0.34.7,
+/// `Config::try_lock`); the underlying `WouldBlock` survives only in that text.
+fn is_lock_contention(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::WouldBlock
+        || (e.kind() == std::io::ErrorKind::Other
+            && e.to_string().contains("could not acquire lock"))
+}
+
+#[cfg(test)]
+mod lock_tests {
+    use super::*;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn a_held_lock_is_waited_for_then_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("db");
+        let holder = sled::open(&path).expect("open");
+        let started = Instant::now();
+        let err = open_waiting_for_lock(&path, Duration::from_millis(300)).expect_err("locked");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        assert!(matches!(err, CaptureError::Locked { .. }), "{err}");
+        assert!(err.to_string().contains("stayed locked"), "{err}");
+
+        // Released while we wait: the open succeeds.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(200));
+            drop(holder);
+        });
+        let db = open_waiting_for_lock(&path, Duration::from_secs(20)).expect("opens once free");
+        release.join().expect("release thread");
+        db.insert(b"k", b"v".to_vec()).expect("usable");
+    }
 }
