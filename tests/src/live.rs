@@ -92,14 +92,23 @@ impl FerryRun {
         self.status().1["sources"][0].clone()
     }
 
-    /// Waits until every source streams and PostgreSQL has applied everything captured.
+    /// Waits until every source streams, capture has read each SQLite source to its end
+    /// after this call began (so call it once the writers stopped), and PostgreSQL has
+    /// applied everything captured. Without the read-to-the-end condition, captured ==
+    /// shipped can hold for a moment before capture's next poll sees the last commits.
     pub fn wait_caught_up(&self, timeout: Duration) {
+        let called_at = ferry_core::json::micros_to_rfc3339(ferry_core::now_micros());
         wait_until("ferry run to stream with no lag", timeout, || {
             let (_, r) = self.status();
             let sources = r["sources"].as_array().cloned().unwrap_or_default();
             !sources.is_empty()
                 && sources.iter().all(|s| {
+                    let read_to_end = s["kind"] != "sqlite"
+                        || s["source_read_at"]
+                            .as_str()
+                            .is_some_and(|t| t >= called_at.as_str());
                     s["state"] == "streaming"
+                        && read_to_end
                         && s["shipped_lsn"].as_u64() == s["captured_lsn"].as_u64()
                         && s["captured_lsn"].as_u64().unwrap_or(0) > 0
                 })

@@ -63,6 +63,7 @@ fn run_verify_cutover_under_load_then_writes_after_cutover_are_reported() {
     client.execute("DELETE FROM users WHERE id = 987654321");
 
     // Cutover under load: the switch command stops the application.
+    let cutover_began = ferry_core::now_micros();
     let out = run_ferry(&[
         "cutover",
         "--state-dir",
@@ -77,11 +78,29 @@ fn run_verify_cutover_under_load_then_writes_after_cutover_are_reported() {
         .and_then(|t| t.split(" ms").next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no window in the cutover output: {text}"));
+    let cutover_ended = ferry_core::now_micros();
     let summary = app.wait(Duration::from_secs(30));
-    let stall = summary["longest_stall_ms"].as_f64().unwrap();
+    // The stalls that overlap the cutover command's run are the fence's; on a loaded machine
+    // the application also stalls on its own (its checkpoints' fsyncs, CPU starvation), at
+    // other moments, and those say nothing about the cutover.
+    let stall = summary["stalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|st| {
+            let began = st["began_unix_micros"].as_i64().unwrap();
+            let ms = st["ms"].as_f64().unwrap();
+            began <= cutover_ended && began + (ms * 1000.0) as i64 >= cutover_began
+        })
+        .map(|st| st["ms"].as_f64().unwrap())
+        .fold(0.0, f64::max);
     assert!(
         stall <= window_ms + 100.0,
-        "the application stalled {stall} ms, more than the reported window {window_ms} ms + 100 ms"
+        "the application stalled {stall} ms during the cutover, more than the reported window {window_ms} ms + 100 ms: {summary}"
+    );
+    assert!(
+        stall > 0.0 || window_ms < 50.0,
+        "the fence held {window_ms} ms but the application never waited on it: {summary}"
     );
     assert!(
         summary["checkpoints"].as_u64().unwrap() >= 1,

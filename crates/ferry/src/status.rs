@@ -27,6 +27,11 @@ pub struct SourceStatus {
     pub state: SourceState,
     pub log_id: Option<String>,
     pub captured_lsn: u64,
+    /// When capture last found nothing unread in the source (RFC 3339): everything the
+    /// source had committed at that moment is in the log up to `captured_lsn`. None for
+    /// sources captured by the application itself (sled) and before the first such pass.
+    #[serde(default)]
+    pub source_read_at: Option<String>,
     pub shipped_lsn: u64,
     pub lag_records: u64,
     pub lag_seconds: f64,
@@ -44,6 +49,7 @@ impl SourceStatus {
             state: SourceState::Starting,
             log_id: None,
             captured_lsn: 0,
+            source_read_at: None,
             shipped_lsn: 0,
             lag_records: 0,
             lag_seconds: 0.0,

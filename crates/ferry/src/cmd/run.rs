@@ -496,9 +496,19 @@ fn capture_loop(
     loop {
         // Bounded work per step: a writer faster than capture must not keep this thread
         // from stopping, draining for a cutover or taking a base.
+        let step_started = ferry_core::now_micros();
         let step = cap.step(Duration::from_millis(200))?;
         if let Ok(mut s) = src.capture_stats.lock() {
             *s = cap.stats();
+        }
+        if step.caught_up {
+            // The step's last poll, later than its start, found nothing new; what it read is
+            // durable now. So everything committed before `step_started` is in the log.
+            let durable = src.log.durable_lsn().0;
+            status.update(&src.id, |s| {
+                s.captured_lsn = s.captured_lsn.max(durable);
+                s.source_read_at = Some(ferry_core::json::micros_to_rfc3339(step_started));
+            });
         }
         if !cleared_error {
             // A successful pass clears an earlier capture error.
@@ -724,7 +734,8 @@ fn monitor_shipped_only(src: &ShippedOnlySource, ctx: &RunContext) {
     m.replication_lag_seconds.get_or_create(&l).set(lag_seconds);
     let mut up = true;
     ctx.status.update(&src.id, |s| {
-        s.captured_lsn = durable.0;
+        // The capture thread may have published a newer LSN since `durable` was read.
+        s.captured_lsn = s.captured_lsn.max(durable.0);
         s.shipped_lsn = applied.0;
         s.lag_records = lag_records;
         s.lag_seconds = lag_seconds;

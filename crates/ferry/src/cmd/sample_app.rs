@@ -44,9 +44,25 @@ pub struct SampleAppSummary {
     pub checkpoints: u64,
     pub busy_retries: u64,
     pub longest_stall_ms: f64,
+    /// The longest stalls (at least [`STALL_RECORD_MS`], at most [`STALLS_KEPT`] of them),
+    /// with when they began, so a stall can be attributed to what happened at that moment
+    /// (a cutover's fence, or the machine's own hiccups).
+    pub stalls: Vec<Stall>,
     pub last_job_id: i64,
     pub stopped_by: String,
 }
+
+#[derive(Debug, Serialize, Clone, Copy)]
+pub struct Stall {
+    /// Microseconds since the Unix epoch when the transaction began.
+    pub began_unix_micros: i64,
+    pub ms: f64,
+}
+
+/// Stalls shorter than this are not listed.
+pub const STALL_RECORD_MS: f64 = 20.0;
+/// How many of the longest stalls are listed.
+pub const STALLS_KEPT: usize = 64;
 
 pub struct SampleAppOptions {
     /// Transactions per second (0: as fast as possible).
@@ -152,12 +168,23 @@ pub fn run(
         }
         n += 1;
         let t0 = Instant::now();
+        let began_unix_micros = ferry_core::now_micros();
         let result = one_transaction(&mut conn, &mut rng, n);
         let stall = t0.elapsed().as_secs_f64() * 1000.0;
         // A transaction that waited and then gave up (stopped, or busy past the limit) was
         // a stall too: the application could not write for that long.
         if stall > summary.longest_stall_ms {
             summary.longest_stall_ms = stall;
+        }
+        if stall >= STALL_RECORD_MS {
+            summary.stalls.push(Stall {
+                began_unix_micros,
+                ms: stall,
+            });
+            if summary.stalls.len() > STALLS_KEPT {
+                summary.stalls.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+                summary.stalls.truncate(STALLS_KEPT);
+            }
         }
         match result {
             Ok(last_job) => {
