@@ -3,14 +3,15 @@
 # files exported beforehand, into tables with primary keys), against the same local
 # PostgreSQL, runs alternated, medians printed with ratios. Also the streaming apply rate.
 #
-# ferry's side is crates/ferry-pg/examples/sqlite_snapshot_load.rs (profile, create tables,
-# parallel binary COPY, unique constraints, indexes, foreign keys, sequences) until the
-# binary's `ferry snapshot` exists.
+# ferry's side is the release binary's `ferry snapshot` end to end (profile, create tables,
+# parallel binary COPY, unique constraints, indexes, foreign keys, sequences). The example
+# crates/ferry-pg/examples/sqlite_snapshot_load.rs exports the floor's files and drives the
+# streaming measurements.
 #
 # usage: benches/scripts/snapshot-vs-pgloader.sh
 # env:   PGURL (default postgresql://postgres@127.0.0.1:55432/postgres), RUNS (5), SCALE (1.0),
 #        WORK (/tmp/ferry-bench), STREAM_TXNS (30000), STREAM_ROWS (10), LAG_RATE (10000
-#        one-row transactions/s), LAG_SECONDS (10)
+#        one-row transactions/s), LAG_SECONDS (10), SKIP_STREAM (set: snapshot comparison only)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PGURL=${PGURL:-postgresql://postgres@127.0.0.1:55432/postgres}
@@ -22,7 +23,9 @@ mkdir -p "$WORK"
 chmod 755 "$WORK"
 
 cargo build --release -q -p ferry-pg --example sqlite_snapshot_load
+cargo build --release -q -p ferry
 LOADER=target/release/examples/sqlite_snapshot_load
+FERRY=target/release/ferry
 
 DB="$WORK/app.db"
 if [ ! -f "$DB.scale-$SCALE" ]; then
@@ -57,7 +60,7 @@ for run in $(seq 1 "$RUNS"); do
   # ferry
   fresh bench_ferry
   s=$(now)
-  out=$(/usr/bin/time -f "%M" "$LOADER" load "$DB" "$base/bench_ferry?sslmode=disable" 2>"$WORK/ferry.time")
+  out=$(/usr/bin/time -f "%M" "$FERRY" snapshot --source "$DB" --target "$base/bench_ferry?sslmode=disable" 2>"$WORK/ferry.time")
   e=$(now)
   ferry_t+=("$(echo "$e - $s" | bc)")
   ferry_rss+=("$(tail -1 "$WORK/ferry.time")")
@@ -94,6 +97,7 @@ printf "  floor    %8.2f s   (COPY FROM binary files, PK only, tables in paralle
 echo "  ferry / floor    = $(echo "scale=2; $mf / $mc" | bc)"
 echo "  pgloader / ferry = $(echo "scale=2; $mp / $mf" | bc)"
 
+[ -n "${SKIP_STREAM:-}" ] && exit 0
 # Streaming apply rate.
 fresh bench_stream
 "$LOADER" stream "$base/bench_stream?sslmode=disable" "${STREAM_TXNS:-30000}" "${STREAM_ROWS:-10}"

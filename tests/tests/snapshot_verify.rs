@@ -116,3 +116,95 @@ async fn verify_never_prints_the_password() {
         "a password was printed: {all}"
     );
 }
+
+/// The one-shot snapshot profiles values where it reads them (one pass over SQLite): the
+/// types it picks are those the values need, row counts at chunk boundaries arrive whole,
+/// and verify finds both sides equal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_profiles_values_in_one_read_and_picks_types_that_hold_them() {
+    let pg = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("mixed.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE mixed (id INTEGER PRIMARY KEY, n INTEGER, at DATETIME, bad_at DATETIME,
+                             flag BOOLEAN, r REAL);
+         CREATE TABLE empty (id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE exact (id INTEGER PRIMARY KEY, v TEXT);
+         CREATE TABLE over (k TEXT PRIMARY KEY, v BLOB) WITHOUT ROWID;
+         BEGIN;
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 2000)
+           INSERT INTO exact SELECT i, 'row ' || i FROM s;
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 4001)
+           INSERT INTO over SELECT printf('k%05d', i), randomblob(i % 50) FROM s;
+         WITH RECURSIVE s(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM s WHERE i < 3000)
+           INSERT INTO mixed SELECT i, i * 7, '2024-01-02 03:04:05', '2024-01-02', i % 2, i / 4.0
+           FROM s;
+         UPDATE mixed SET n = 'not a number' WHERE id = 2999;
+         UPDATE mixed SET bad_at = 'someday' WHERE id = 2500;
+         COMMIT;",
+    )
+    .unwrap();
+    drop(conn);
+    let src = db.to_str().unwrap().to_string();
+    let url = pg.url().to_string();
+    let out = ferry_async(vec![
+        "snapshot".into(),
+        "--source".into(),
+        src.clone(),
+        "--target".into(),
+        url.clone(),
+    ])
+    .await
+    .unwrap();
+    let stdout = expect_exit(&out, 0, "ferry snapshot");
+    assert!(stdout.contains("copied 9001 rows of 4 tables"), "{stdout}");
+
+    let client = pg.connect().await;
+    let types: std::collections::BTreeMap<String, String> = client
+        .query(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = 'public.mixed'::regclass AND attnum > 0 AND NOT attisdropped",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    // A text in the INTEGER column widens it; the DATETIME column whose every value parses
+    // is a timestamp; the one with 'someday' stays text; 0/1 is boolean.
+    assert_eq!(types["n"], "text", "{types:?}");
+    assert_eq!(types["at"], "timestamp without time zone", "{types:?}");
+    assert_eq!(types["bad_at"], "text", "{types:?}");
+    assert_eq!(types["flag"], "boolean", "{types:?}");
+    assert_eq!(types["r"], "double precision", "{types:?}");
+    assert!(
+        stdout.contains("table \"mixed\", column \"n\"") && stdout.contains("widened to text"),
+        "the widening is reported: {stdout}"
+    );
+    for (table, n) in [
+        ("mixed", 3000i64),
+        ("empty", 0),
+        ("exact", 2000),
+        ("over", 4001),
+    ] {
+        let got: i64 = client
+            .query_one(&format!("SELECT count(*) FROM public.{table}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(got, n, "{table}");
+    }
+    let out = ferry_async(vec![
+        "verify".into(),
+        "--source".into(),
+        src,
+        "--target".into(),
+        url,
+    ])
+    .await
+    .unwrap();
+    let report = expect_exit(&out, 0, "verify after snapshot");
+    assert!(report.contains("equal: 4 tables"), "{report}");
+}

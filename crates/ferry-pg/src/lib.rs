@@ -15,7 +15,7 @@ pub mod types;
 
 pub use error::{BadValue, PgError};
 pub use secret::Secret;
-pub use source::{RecordSource, RecordSourceError, VecRecordSource};
+pub use source::{RecordSource, RecordSourceError, SnapshotSummary, VecRecordSource};
 pub use target::{PgTarget, SslMode, TargetEnv, redact_target};
 mod apply;
 mod catalog;

@@ -200,6 +200,8 @@ pub struct Shipper {
     status: Arc<Mutex<ShipStatus>>,
     /// Row counts of the snapshot's `SnapshotEnd`, seen by the profile pass.
     snapshot_row_counts: Option<Vec<(String, u64)>>,
+    /// The snapshot's first record as this session read it, with its LSN.
+    snapshot_begin: Option<(Lsn, SnapshotBegin)>,
 }
 
 const MAX_NOTICES: usize = 200;
@@ -230,6 +232,7 @@ impl Shipper {
             order: Vec::new(),
             applied: Lsn::ZERO,
             snapshot_row_counts: None,
+            snapshot_begin: None,
             status: Arc::new(Mutex::new(ShipStatus {
                 phase: "starting".into(),
                 ..ShipStatus::default()
@@ -551,6 +554,7 @@ impl Shipper {
         let mode = self.opts.mode;
         match first {
             Record::SnapshotBegin(begin) => {
+                self.snapshot_begin = Some((first_lsn, begin.clone()));
                 let (end_lsn, profiles) = self.profile_snapshot(source, first_lsn, begin).await?;
                 let mut notices = Vec::new();
                 let mut maps = BTreeMap::new();
@@ -697,6 +701,10 @@ impl Shipper {
         begin: &SnapshotBegin,
     ) -> Result<(Lsn, BTreeMap<String, Vec<ColumnProfile>>), PgError> {
         let profile = self.opts.mode == TargetMode::Create && self.opts.profile_types;
+        if let Some(summary) = source.snapshot_summary(begin_lsn, profile)? {
+            self.snapshot_row_counts = Some(summary.row_counts);
+            return Ok((summary.end_lsn, summary.profiles));
+        }
         let mut profiles: BTreeMap<String, Vec<ColumnProfile>> = BTreeMap::new();
         if profile {
             for t in &begin.tables {
@@ -877,10 +885,16 @@ impl Shipper {
         let mut begin_record: Option<SnapshotBegin> = None;
         let mut row_counts: Vec<(String, u64)> = Vec::new();
         if after == begin {
-            // Re-read the SnapshotBegin itself for its index definitions.
-            let r = read_source(source, Lsn(begin.0 - 1), 1, Duration::from_secs(1))?;
-            if let Some((_, Record::SnapshotBegin(b))) = r.into_iter().next() {
-                begin_record = Some(b);
+            // The SnapshotBegin itself, for its index definitions: kept from this session's
+            // first read (a one-shot source cannot rewind cheaply), else read again.
+            match self.snapshot_begin.take() {
+                Some((lsn, b)) if lsn == begin => begin_record = Some(b),
+                _ => {
+                    let r = read_source(source, Lsn(begin.0 - 1), 1, Duration::from_secs(1))?;
+                    if let Some((_, Record::SnapshotBegin(b))) = r.into_iter().next() {
+                        begin_record = Some(b);
+                    }
+                }
             }
         }
         while after < end {

@@ -1,7 +1,9 @@
 //! The shipper's input: a narrow trait over the durable log, so that the binary can adapt the
 //! log to it and tests can feed records directly.
 
+use crate::types::ColumnProfile;
 use ferry_core::{Lsn, Record};
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 /// A source of log records in LSN order.
@@ -29,6 +31,31 @@ pub trait RecordSource: Send {
         max_records: usize,
         wait: Duration,
     ) -> Result<Vec<(Lsn, Record)>, RecordSourceError>;
+
+    /// What the shipper's first pass over a snapshot would learn, if this source can tell it
+    /// more cheaply than by handing over every record twice (a one-shot snapshot reading
+    /// SQLite profiles the values where it reads them). Asked once, right after the
+    /// `SnapshotBegin` at `begin_lsn` was read; `profile` says whether column profiles are
+    /// wanted. `None` (the default): the shipper reads the snapshot range itself.
+    fn snapshot_summary(
+        &mut self,
+        begin_lsn: Lsn,
+        profile: bool,
+    ) -> Result<Option<SnapshotSummary>, RecordSourceError> {
+        let _ = (begin_lsn, profile);
+        Ok(None)
+    }
+}
+
+/// See [`RecordSource::snapshot_summary`].
+#[derive(Clone, Debug)]
+pub struct SnapshotSummary {
+    /// The LSN of the snapshot's `SnapshotEnd`.
+    pub end_lsn: Lsn,
+    /// Per table, one profile per column in schema order (empty unless asked for).
+    pub profiles: BTreeMap<String, Vec<ColumnProfile>>,
+    /// What the `SnapshotEnd` will say.
+    pub row_counts: Vec<(String, u64)>,
 }
 
 /// A failure of the record source (the log): what went wrong, with its cause.

@@ -30,7 +30,7 @@ pub fn open_read_only(db: &Path) -> rusqlite::Result<Connection> {
     Ok(conn)
 }
 
-fn quote(ident: &str) -> String {
+pub fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 

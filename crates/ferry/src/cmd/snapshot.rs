@@ -10,7 +10,8 @@ use ferry_core::{
     Lsn, Record, SnapshotBegin, SnapshotEnd, SnapshotRow, SnapshotRows, SourcePosition,
     TableSchema, Value,
 };
-use ferry_pg::{RecordSource, RecordSourceError, Shipper};
+use ferry_pg::types::ColumnProfile;
+use ferry_pg::{RecordSource, RecordSourceError, Shipper, SnapshotSummary};
 use std::process::ExitCode;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender};
 use std::time::Duration;
@@ -20,7 +21,14 @@ const ROWS_PER_RECORD: usize = 2_000;
 const RECORDS_IN_FLIGHT: usize = 8;
 
 /// Reads every table of `db` inside one read transaction and sends the snapshot records.
-fn produce(db: &std::path::Path, tx: SyncSender<anyhow::Result<Record>>) -> anyhow::Result<()> {
+/// After the `SnapshotBegin`, it waits for the shipper's question (see
+/// [`RecordSource::snapshot_summary`]): when asked, it first profiles every value where it
+/// reads it, in the same transaction, and answers; then it streams the rows.
+fn produce(
+    db: &std::path::Path,
+    tx: SyncSender<anyhow::Result<Record>>,
+    summary: SummaryChannel,
+) -> anyhow::Result<()> {
     let conn = sqlite_read::open_read_only(db)
         .with_context(|| format!("opening {} read-only", db.display()))?;
     conn.execute_batch("BEGIN")?;
@@ -63,6 +71,15 @@ fn produce(db: &std::path::Path, tx: SyncSender<anyhow::Result<Record>>) -> anyh
         tables: schemas.clone(),
         schema_rows,
     }))?;
+    // Nothing asked (the sender dropped) or `false`: no summary.
+    if let Ok(profile) = summary.asked.recv() {
+        let answer = summarize(&conn, &tables, &schemas, profile);
+        let failed = answer.is_err();
+        let _ = summary.answer.send(answer);
+        if failed {
+            return Ok(());
+        }
+    }
     let mut counts = Vec::new();
     for (t, schema) in tables.iter().zip(&schemas) {
         let mut chunk = Vec::with_capacity(ROWS_PER_RECORD);
@@ -103,6 +120,84 @@ fn produce(db: &std::path::Path, tx: SyncSender<anyhow::Result<Record>>) -> anyh
     Ok(())
 }
 
+/// The producer's side of [`RecordSource::snapshot_summary`].
+struct SummaryChannel {
+    asked: Receiver<bool>,
+    answer: SyncSender<anyhow::Result<SnapshotSummary>>,
+}
+
+/// One pass over every table without materialising rows: counts them (so the records the
+/// producer will send, and the `SnapshotEnd`'s LSN, are known) and, if `profile`, feeds every
+/// value to its column's profile. Values are decoded into per-column buffers reused from row
+/// to row.
+fn summarize(
+    conn: &rusqlite::Connection,
+    tables: &[sqlite_read::VerifyTable],
+    schemas: &[TableSchema],
+    profile: bool,
+) -> anyhow::Result<SnapshotSummary> {
+    let mut profiles = std::collections::BTreeMap::new();
+    let mut row_counts = Vec::new();
+    // SnapshotBegin is LSN 1; SnapshotEnd follows the last rows record.
+    let mut end = 2u64;
+    for (t, schema) in tables.iter().zip(schemas) {
+        let mut prof: Vec<ColumnProfile> = if profile {
+            schema.columns.iter().map(ColumnProfile::new).collect()
+        } else {
+            Vec::new()
+        };
+        let n: u64 = if profile {
+            let cols: Vec<String> = t.columns.iter().map(|c| sqlite_read::quote(c)).collect();
+            let sql = format!(
+                "SELECT {} FROM {}",
+                cols.join(", "),
+                sqlite_read::quote(&t.name)
+            );
+            let mut stmt = conn.prepare(&sql)?;
+            let mut rows = stmt.query([])?;
+            let mut scratch = vec![Value::Null; cols.len()];
+            let mut n = 0u64;
+            while let Some(r) = rows.next()? {
+                for (i, (p, slot)) in prof.iter_mut().zip(&mut scratch).enumerate() {
+                    set_value(slot, r.get_ref(i)?);
+                    p.observe(slot, schema.columns[i].affinity);
+                }
+                n += 1;
+            }
+            n
+        } else {
+            conn.query_row(
+                &format!("SELECT count(*) FROM {}", sqlite_read::quote(&t.name)),
+                [],
+                |r| r.get::<_, i64>(0),
+            )
+            .map(|n| n as u64)?
+        };
+        end += n.div_ceil(ROWS_PER_RECORD as u64);
+        row_counts.push((t.name.clone(), n));
+        if profile {
+            profiles.insert(t.name.clone(), prof);
+        }
+    }
+    Ok(SnapshotSummary {
+        end_lsn: Lsn(end),
+        profiles,
+        row_counts,
+    })
+}
+
+/// Decodes `v` into `slot`, reusing its buffer when it already holds text or a blob.
+fn set_value(slot: &mut Value, v: rusqlite::types::ValueRef<'_>) {
+    use rusqlite::types::ValueRef;
+    match (slot, v) {
+        (Value::Text(buf), ValueRef::Text(b)) | (Value::Blob(buf), ValueRef::Blob(b)) => {
+            buf.clear();
+            buf.extend_from_slice(b);
+        }
+        (slot, v) => *slot = sqlite_read::value_of(v),
+    }
+}
+
 /// The snapshot as a record source: records numbered from 1 as they arrive. Asked for LSN 1
 /// again (the shipper reads the snapshot twice: once to profile column types, once to load),
 /// it reads SQLite again from the start; any other rewind is an error and the operator reruns
@@ -115,14 +210,23 @@ struct ChannelSource {
     done: bool,
     /// The last LSN, once the snapshot has been read to its end (0 before).
     last: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Asks the producer for a summary (dropped once asked, or once rows are read).
+    ask: Option<SyncSender<bool>>,
+    answer: Receiver<anyhow::Result<SnapshotSummary>>,
 }
 
 impl ChannelSource {
     fn start(db: &std::path::Path) -> ChannelSource {
         let (tx, rx) = std::sync::mpsc::sync_channel(RECORDS_IN_FLIGHT);
+        let (ask, asked) = std::sync::mpsc::sync_channel(1);
+        let (answer_tx, answer) = std::sync::mpsc::sync_channel(1);
         let path = db.to_path_buf();
         let producer = std::thread::spawn(move || {
-            let r = produce(&path, tx.clone());
+            let summary = SummaryChannel {
+                asked,
+                answer: answer_tx,
+            };
+            let r = produce(&path, tx.clone(), summary);
             if let Err(e) = &r {
                 let _ = tx.send(Err(anyhow::anyhow!("{e:#}")));
             }
@@ -135,6 +239,8 @@ impl ChannelSource {
             next: Lsn(1),
             done: false,
             last: Default::default(),
+            ask: Some(ask),
+            answer,
         }
     }
 
@@ -149,6 +255,27 @@ impl ChannelSource {
 }
 
 impl RecordSource for ChannelSource {
+    fn snapshot_summary(
+        &mut self,
+        begin_lsn: Lsn,
+        profile: bool,
+    ) -> Result<Option<SnapshotSummary>, RecordSourceError> {
+        let Some(ask) = self.ask.take() else {
+            return Ok(None);
+        };
+        if begin_lsn != Lsn(1) || self.next != Lsn(2) || ask.send(profile).is_err() {
+            return Ok(None);
+        }
+        match self.answer.recv() {
+            Ok(Ok(s)) => Ok(Some(s)),
+            Ok(Err(e)) => Err(RecordSourceError::new(format!(
+                "profiling SQLite's values: {e:#}"
+            ))),
+            // The producer failed before answering; its error comes with the next read.
+            Err(_) => Ok(None),
+        }
+    }
+
     fn log_id(&self) -> String {
         // A one-shot snapshot has no durable log; a fixed id marks its progress row.
         "00000000000000000000000000000000".into()
@@ -177,6 +304,10 @@ impl RecordSource for ChannelSource {
                 after.next(),
                 self.next
             )));
+        }
+        if self.next > Lsn(1) {
+            // Rows are wanted without a summary: let the producer go on.
+            drop(self.ask.take());
         }
         let mut out = Vec::new();
         while out.len() < max && !self.done {
