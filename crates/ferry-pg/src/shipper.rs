@@ -554,7 +554,6 @@ impl Shipper {
         let mode = self.opts.mode;
         match first {
             Record::SnapshotBegin(begin) => {
-                self.snapshot_begin = Some((first_lsn, begin.clone()));
                 let (end_lsn, profiles) = self.profile_snapshot(source, first_lsn, begin).await?;
                 let mut notices = Vec::new();
                 let mut maps = BTreeMap::new();
@@ -702,6 +701,10 @@ impl Shipper {
     ) -> Result<(Lsn, BTreeMap<String, Vec<ColumnProfile>>), PgError> {
         let profile = self.opts.mode == TargetMode::Create && self.opts.profile_types;
         if let Some(summary) = source.snapshot_summary(begin_lsn, profile)? {
+            // The source stays just after the SnapshotBegin: the load goes on from there
+            // with this copy of it. (After a full first pass, a source rewinds to the start,
+            // which one-shot sources support, and the load reads the SnapshotBegin again.)
+            self.snapshot_begin = Some((begin_lsn, begin.clone()));
             self.snapshot_row_counts = Some(summary.row_counts);
             return Ok((summary.end_lsn, summary.profiles));
         }
@@ -885,8 +888,8 @@ impl Shipper {
         let mut begin_record: Option<SnapshotBegin> = None;
         let mut row_counts: Vec<(String, u64)> = Vec::new();
         if after == begin {
-            // The SnapshotBegin itself, for its index definitions: kept from this session's
-            // first read (a one-shot source cannot rewind cheaply), else read again.
+            // The SnapshotBegin itself, for its index definitions: kept when the source
+            // summarised the snapshot (it was not read through), else read again.
             match self.snapshot_begin.take() {
                 Some((lsn, b)) if lsn == begin => begin_record = Some(b),
                 _ => {
