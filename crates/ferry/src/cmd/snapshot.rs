@@ -293,7 +293,10 @@ impl RecordSource for ChannelSource {
             fresh.last = self.last.clone();
             fresh.last.store(0, std::sync::atomic::Ordering::SeqCst);
             let old = std::mem::replace(self, fresh);
+            // Both of the old producer's waits must end before joining it: for room in the
+            // record channel, and for the summary question after its SnapshotBegin.
             drop(old.rx);
+            drop(old.ask);
             if let Some(p) = old.producer {
                 let _ = p.join();
             }
@@ -394,4 +397,42 @@ pub fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         println!("note: {n}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shipper re-reads from LSN 0 when its first, non-waiting read found nothing (a
+    /// loaded machine): the source starts a fresh producer and must not wait forever for the
+    /// old one, which sits waiting for the summary question after its SnapshotBegin.
+    #[test]
+    fn rewinding_after_the_snapshot_begin_restarts_without_hanging() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let db = dir.path().join("app.db");
+        let conn = rusqlite::Connection::open(&db).expect("open");
+        conn.execute_batch("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT); INSERT INTO t VALUES (1, 'a'), (2, 'b');")
+            .expect("setup");
+        drop(conn);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut source = ChannelSource::start(&db);
+            let wait = Duration::from_secs(10);
+            let first = source.read_batch(Lsn::ZERO, 1, wait).map(|r| r.len());
+            let again = source.read_batch(Lsn::ZERO, 1, wait);
+            let summary = source.snapshot_summary(Lsn(1), true);
+            let _ = done_tx.send((
+                first,
+                again.map(|r| r.len()),
+                summary.map(|s| s.map(|s| s.end_lsn)),
+            ));
+        });
+        let (first, again, summary) = done_rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the rewind hung");
+        assert_eq!(first.expect("first read"), 1);
+        assert_eq!(again.expect("read after the rewind"), 1);
+        // Begin, one rows record, End.
+        assert_eq!(summary.expect("summary"), Some(Lsn(3)));
+    }
 }
