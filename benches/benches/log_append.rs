@@ -103,47 +103,30 @@ fn log_append(c: &mut Criterion) {
     }
     raw.finish();
 
-    let mut group = c.benchmark_group("log_append");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
-    for size in [100usize, 4096] {
-        for producers in [1u64, 16, 256] {
-            group.throughput(Throughput::Elements(1));
-            group.bench_with_input(
-                BenchmarkId::new(format!("{size}B"), format!("{producers}producers")),
-                &(size, producers),
-                |b, &(size, producers)| {
-                    b.iter_custom(|iters| timed_appends(iters, size, producers, 1))
-                },
-            );
+    // "log_append": one record per durability wait. "log_append_32_in_flight": 32 records
+    // per wait, as capture hands over the transactions of one step. A synchronous producer
+    // has one record per fdatasync, so N of them reach at most N / (sync latency) records/s;
+    // producers that pipeline are bounded by bandwidth instead.
+    for (name, in_flight) in [("log_append", 1u64), ("log_append_32_in_flight", 32)] {
+        let mut group = c.benchmark_group(name);
+        group
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(4));
+        for size in [100usize, 4096] {
+            for producers in [1u64, 16, 256] {
+                group.throughput(Throughput::Elements(1));
+                group.bench_with_input(
+                    BenchmarkId::new(format!("{size}B"), format!("{producers}producers")),
+                    &(size, producers),
+                    |b, &(size, producers)| {
+                        b.iter_custom(|iters| timed_appends(iters, size, producers, in_flight))
+                    },
+                );
+            }
         }
+        group.finish();
     }
-    group.finish();
-
-    // The same producers with 32 records per durability wait. A synchronous producer can
-    // have one record per fdatasync, so 256 of them reach at most 256 / (sync latency)
-    // records/s (~28 k/s on a disk that syncs in 9 ms); producers that pipeline, as capture
-    // does, are bounded by bandwidth instead.
-    let mut group = c.benchmark_group("log_append_32_in_flight");
-    group
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(4));
-    for size in [100usize, 4096] {
-        for producers in [1u64, 16, 256] {
-            group.throughput(Throughput::Elements(1));
-            group.bench_with_input(
-                BenchmarkId::new(format!("{size}B"), format!("{producers}producers")),
-                &(size, producers),
-                |b, &(size, producers)| {
-                    b.iter_custom(|iters| timed_appends(iters, size, producers, 32))
-                },
-            );
-        }
-    }
-    group.finish();
 }
 
 criterion_group!(benches, log_append);

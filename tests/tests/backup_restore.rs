@@ -6,49 +6,13 @@ use ferry_archive::{ArchiveOptions, Archiver, BaseMeta};
 use ferry_core::{Lsn, Record};
 use ferry_e2e::{expect_exit, run_ferry, sqlite_tables};
 use ferry_log::{Log, LogOptions, SyncPolicy};
-use ferry_sqlite::{CaptureOptions, RecordSink, SinkError, SqliteCapture};
+use ferry_sqlite::{CaptureOptions, LogSink, SqliteCapture};
 use rusqlite::Connection;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 type Tables = BTreeMap<String, Vec<Vec<serde_json::Value>>>;
-
-struct LogSink(Arc<Log>);
-
-impl RecordSink for LogSink {
-    fn append_batch(&self, records: &[Record]) -> Result<Lsn, SinkError> {
-        let payloads: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
-        if payloads.is_empty() {
-            return Ok(self.0.durable_lsn());
-        }
-        self.0
-            .append_batch(&payloads)
-            .map(|r| *r.end())
-            .map_err(|e| SinkError::Other(Box::new(e)))
-    }
-
-    fn durable_lsn(&self) -> Lsn {
-        self.0.durable_lsn()
-    }
-
-    fn record_at(&self, lsn: Lsn) -> Result<Option<Record>, SinkError> {
-        if lsn == Lsn::ZERO || lsn > self.0.durable_lsn() {
-            return Ok(None);
-        }
-        let mut reader = self
-            .0
-            .reader(lsn)
-            .map_err(|e| SinkError::Other(Box::new(e)))?;
-        match reader.next() {
-            Some(Ok((l, payload))) if l == lsn => Record::decode(&payload)
-                .map(Some)
-                .map_err(|source| SinkError::Decode { lsn, source }),
-            Some(Err(e)) => Err(SinkError::Other(Box::new(e))),
-            _ => Ok(None),
-        }
-    }
-}
 
 struct Archived {
     dir: tempfile::TempDir,

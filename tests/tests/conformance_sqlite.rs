@@ -3,9 +3,9 @@
 //! thread into a real `ferry_log::Log`, shipped into a real PostgreSQL.
 
 use ferry_core::state_dir::StateDir;
-use ferry_core::{Lsn, Record, SourceId, Value};
+use ferry_core::{SourceId, Value};
 use ferry_e2e::conformance::{ConformanceSource, SuiteSize, Tables, run_suite};
-use ferry_sqlite::{CaptureOptions, RecordSink, SinkError, SqliteCapture};
+use ferry_sqlite::{CaptureOptions, LogSink, SqliteCapture};
 use ferry_testkit::pg::TestDb;
 use rand::Rng;
 use rand::rngs::StdRng;
@@ -15,43 +15,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::Duration;
-
-/// The durable log as the capture's sink (what the `ferry` binary does in its pipeline).
-struct LogSink(ferry_log::Log);
-
-impl RecordSink for LogSink {
-    fn append_batch(&self, records: &[Record]) -> Result<Lsn, SinkError> {
-        if records.is_empty() {
-            return Ok(self.0.durable_lsn());
-        }
-        let payloads: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
-        self.0
-            .append_batch(&payloads)
-            .map(|r| *r.end())
-            .map_err(|e| SinkError::Other(Box::new(e)))
-    }
-
-    fn durable_lsn(&self) -> Lsn {
-        self.0.durable_lsn()
-    }
-
-    fn record_at(&self, lsn: Lsn) -> Result<Option<Record>, SinkError> {
-        if lsn == Lsn::ZERO || lsn > self.0.durable_lsn() {
-            return Ok(None);
-        }
-        let mut reader = self
-            .0
-            .reader(lsn)
-            .map_err(|e| SinkError::Other(Box::new(e)))?;
-        match reader.next() {
-            Some(Ok((l, payload))) if l == lsn => Record::decode(&payload)
-                .map(Some)
-                .map_err(|source| SinkError::Decode { lsn, source }),
-            Some(Ok(_)) | None => Ok(None),
-            Some(Err(e)) => Err(SinkError::Other(Box::new(e))),
-        }
-    }
-}
 
 struct Running {
     stop: Arc<AtomicBool>,
@@ -112,16 +75,7 @@ impl SqliteSource {
     }
 }
 
-fn to_value(v: rusqlite::types::ValueRef<'_>) -> Value {
-    use rusqlite::types::ValueRef;
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(t) => Value::Text(t.to_vec()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
+use ferry_sqlite::value_of as to_value;
 
 impl ConformanceSource for SqliteSource {
     fn kind(&self) -> &'static str {
@@ -223,7 +177,7 @@ impl ConformanceSource for SqliteSource {
         let cap = SqliteCapture::open(
             &self.db,
             &sd.capture_dir(&Self::id()),
-            Arc::new(LogSink(log)),
+            Arc::new(LogSink(Arc::new(log))),
             opts,
         )
         .expect("open the capture");

@@ -201,27 +201,34 @@ fn failing_switch_or_a_difference_aborts_and_releases_the_fence() {
     let app = start_app(&db, 100, 3, &[]);
     let run = FerryRun::sqlite(&db, pg.url(), &state);
     run.wait_streaming(Duration::from_secs(120));
-    let out = run_ferry(&[
-        "cutover",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--then",
-        "echo switching failed >&2; exit 3",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "cutover fails: {stderr}");
-    assert!(stderr.contains("switching failed"), "{stderr}");
-    assert!(
-        stderr.contains("released"),
-        "says the fence was released: {stderr}"
-    );
+    // A cutover that must abort: exit 2, the fence released; its stderr.
+    let aborted_cutover = |then: &str, what: &str| {
+        let out = run_ferry(&[
+            "cutover",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--then",
+            then,
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{what}: {stderr}");
+        assert!(
+            stderr.contains("released"),
+            "says the fence was released: {stderr}"
+        );
+        stderr
+    };
     // The application writes again (its commits keep growing) and ferry keeps replicating.
-    let before = run.source_status()["captured_lsn"].as_u64().unwrap();
-    wait_until(
-        "new commits after the aborted cutover",
-        Duration::from_secs(30),
-        || run.source_status()["shipped_lsn"].as_u64().unwrap() > before + 20,
-    );
+    let replication_goes_on = |what: &str| {
+        let before = run.source_status()["captured_lsn"].as_u64().unwrap();
+        wait_until(what, Duration::from_secs(30), || {
+            run.source_status()["shipped_lsn"].as_u64().unwrap() > before + 20
+        });
+    };
+
+    let stderr = aborted_cutover("echo switching failed >&2; exit 3", "cutover fails");
+    assert!(stderr.contains("switching failed"), "{stderr}");
+    replication_goes_on("new commits after the aborted cutover");
     let st = run.source_status();
     assert_eq!(st["state"], "streaming", "{st}");
     assert!(
@@ -235,23 +242,9 @@ fn failing_switch_or_a_difference_aborts_and_releases_the_fence() {
     // A difference between the two sides aborts the cutover too, naming the table.
     let mut client = pg.connect_blocking();
     client.execute("INSERT INTO settings (key, value) VALUES ('only-in-postgres', 'x')");
-    let out = run_ferry(&[
-        "cutover",
-        "--state-dir",
-        state.to_str().unwrap(),
-        "--then",
-        "true",
-    ]);
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "cutover refuses: {stderr}");
+    let stderr = aborted_cutover("true", "cutover refuses");
     assert!(stderr.contains("settings"), "names the table: {stderr}");
-    assert!(stderr.contains("released"), "{stderr}");
-    let before = run.source_status()["shipped_lsn"].as_u64().unwrap();
-    wait_until(
-        "commits after the refused cutover",
-        Duration::from_secs(30),
-        || run.source_status()["shipped_lsn"].as_u64().unwrap() > before + 20,
-    );
+    replication_goes_on("commits after the refused cutover");
     client.execute("DELETE FROM settings WHERE key = 'only-in-postgres'");
     let summary = app.stop();
     assert!(summary["commits"].as_u64().unwrap() > 0);

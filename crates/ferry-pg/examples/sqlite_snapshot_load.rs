@@ -631,10 +631,16 @@ async fn lag(url: &str, rate: u64, seconds: u64) -> Result<(), Box<dyn std::erro
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .expect("tokio runtime");
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the tokio runtime: {e}");
+            std::process::exit(2);
+        }
+    };
     let r = rt.block_on(async {
         match args.get(1).map(String::as_str) {
             Some("load") if args.len() >= 4 => load(&args[2], &args[3], !args.iter().any(|a| a == "--no-profile")).await,

@@ -20,4 +20,17 @@ pub mod wal_tail;
 pub use capture::{
     BaseCopy, CaptureError, CaptureOptions, CaptureStats, CaptureStep, SqliteCapture,
 };
-pub use sink::{RecordFile, RecordSink, SinkError};
+pub use sink::{LogSink, RecordFile, RecordSink, SinkError};
+
+/// A value as rusqlite reads it, as ferry's [`ferry_core::Value`] (text kept as bytes).
+pub fn value_of(v: rusqlite::types::ValueRef<'_>) -> ferry_core::Value {
+    use ferry_core::Value;
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(r) => Value::Real(r),
+        ValueRef::Text(t) => Value::Text(t.to_vec()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}

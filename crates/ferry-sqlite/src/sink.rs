@@ -2,7 +2,7 @@
 //!
 //! [`RecordSink`] is all capture needs from a log: append a batch durably and learn its LSNs,
 //! know the last durable LSN, and read back one record (to check, after a crash, which of the
-//! shadow journal's transactions the log really holds). `ferry_log::Log` implements it in the
+//! shadow journal's transactions the log really holds). `ferry_log::Log` implements it through [`LogSink`]
 //! binary; [`RecordFile`] is a minimal single-file implementation (length, CRC32C, payload;
 //! fsync per batch; a torn tail is cut on open) that this crate's tests and crash-test
 //! binary use, with the same durability contract.
@@ -164,5 +164,42 @@ impl RecordSink for RecordFile {
         Record::decode(&payload)
             .map(Some)
             .map_err(|source| SinkError::Decode { lsn, source })
+    }
+}
+
+/// The durable log as capture's sink: records are encoded and appended as one durable batch.
+pub struct LogSink(pub std::sync::Arc<ferry_log::Log>);
+
+impl RecordSink for LogSink {
+    fn append_batch(&self, records: &[Record]) -> Result<Lsn, SinkError> {
+        if records.is_empty() {
+            return Ok(self.0.durable_lsn());
+        }
+        let payloads: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
+        self.0
+            .append_batch(&payloads)
+            .map(|r| *r.end())
+            .map_err(|e| SinkError::Other(Box::new(e)))
+    }
+
+    fn durable_lsn(&self) -> Lsn {
+        self.0.durable_lsn()
+    }
+
+    fn record_at(&self, lsn: Lsn) -> Result<Option<Record>, SinkError> {
+        if lsn == Lsn::ZERO || lsn > self.0.durable_lsn() {
+            return Ok(None);
+        }
+        let mut reader = self
+            .0
+            .reader(lsn)
+            .map_err(|e| SinkError::Other(Box::new(e)))?;
+        match reader.next() {
+            Some(Ok((l, payload))) if l == lsn => Record::decode(&payload)
+                .map(Some)
+                .map_err(|source| SinkError::Decode { lsn, source }),
+            Some(Ok(_)) | None => Ok(None),
+            Some(Err(e)) => Err(SinkError::Other(Box::new(e))),
+        }
     }
 }

@@ -1,49 +1,11 @@
-//! Glue between the stages: the durable log as capture's [`ferry_sqlite::RecordSink`], and
-//! the per-source files of the state directory.
+//! Glue between the stages: opening the durable log (capture writes it through
+//! `ferry_sqlite::LogSink`), and the per-source files of the state directory.
 
 use anyhow::Context;
+use ferry_core::SourceId;
 use ferry_core::state_dir::StateDir;
-use ferry_core::{Lsn, Record, SourceId};
 use std::path::Path;
 use std::sync::Arc;
-
-/// The log as capture's sink: records are encoded and appended as one durable batch.
-pub struct LogSink(pub Arc<ferry_log::Log>);
-
-impl ferry_sqlite::RecordSink for LogSink {
-    fn append_batch(&self, records: &[Record]) -> Result<Lsn, ferry_sqlite::SinkError> {
-        let payloads: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
-        if payloads.is_empty() {
-            return Ok(self.0.durable_lsn());
-        }
-        self.0
-            .append_batch(&payloads)
-            .map(|r| *r.end())
-            .map_err(|e| ferry_sqlite::SinkError::Other(Box::new(e)))
-    }
-
-    fn durable_lsn(&self) -> Lsn {
-        self.0.durable_lsn()
-    }
-
-    fn record_at(&self, lsn: Lsn) -> Result<Option<Record>, ferry_sqlite::SinkError> {
-        if lsn == Lsn::ZERO || lsn > self.0.durable_lsn() {
-            return Ok(None);
-        }
-        let mut reader = self
-            .0
-            .reader(lsn)
-            .map_err(|e| ferry_sqlite::SinkError::Other(Box::new(e)))?;
-        match reader.next() {
-            Some(Ok((l, payload))) if l == lsn => Record::decode(&payload)
-                .map(Some)
-                .map_err(|source| ferry_sqlite::SinkError::Decode { lsn, source }),
-            Some(Ok(_)) => Ok(None),
-            Some(Err(e)) => Err(ferry_sqlite::SinkError::Other(Box::new(e))),
-            None => Ok(None),
-        }
-    }
-}
 
 /// Records what a source is the first time it is seen, and refuses a state directory whose
 /// source of that name is another file (a replaced database is a new source).

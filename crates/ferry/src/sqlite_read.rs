@@ -6,7 +6,6 @@
 //! can never checkpoint or remove the application's WAL.
 
 use ferry_core::Value;
-use rusqlite::types::ValueRef;
 use rusqlite::{Connection, OpenFlags, config::DbConfig};
 use std::path::Path;
 
@@ -97,15 +96,7 @@ pub fn tables(conn: &Connection) -> rusqlite::Result<Vec<VerifyTable>> {
     Ok(out)
 }
 
-pub fn value_of(v: ValueRef<'_>) -> Value {
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(b) => Value::Text(b.to_vec()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
+pub use ferry_sqlite::value_of;
 
 /// The query that reads `t` in key order (SQLite's BINARY order, which PostgreSQL
 /// reproduces with `COLLATE "C"`); rowid-keyed tables select the rowid first.

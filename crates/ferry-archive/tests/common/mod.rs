@@ -7,7 +7,7 @@ use ferry_archive::{ArchiveOptions, Archiver, BaseMeta};
 use ferry_core::fold::Fold;
 use ferry_core::{Lsn, Record, Value};
 use ferry_log::{Log, LogOptions, SyncPolicy};
-use ferry_sqlite::{CaptureOptions, RecordSink, SinkError, SqliteCapture};
+use ferry_sqlite::{CaptureOptions, LogSink, SqliteCapture};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rusqlite::Connection;
@@ -15,56 +15,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-/// The durable log as capture's sink (what the binary's pipeline does).
-pub struct LogSink(pub Arc<Log>);
-
-impl RecordSink for LogSink {
-    fn append_batch(&self, records: &[Record]) -> Result<Lsn, SinkError> {
-        let payloads: Vec<Vec<u8>> = records.iter().map(Record::encode).collect();
-        if payloads.is_empty() {
-            return Ok(self.0.durable_lsn());
-        }
-        self.0
-            .append_batch(&payloads)
-            .map(|r| *r.end())
-            .map_err(|e| SinkError::Other(Box::new(e)))
-    }
-
-    fn durable_lsn(&self) -> Lsn {
-        self.0.durable_lsn()
-    }
-
-    fn record_at(&self, lsn: Lsn) -> Result<Option<Record>, SinkError> {
-        if lsn == Lsn::ZERO || lsn > self.0.durable_lsn() {
-            return Ok(None);
-        }
-        let mut reader = self
-            .0
-            .reader(lsn)
-            .map_err(|e| SinkError::Other(Box::new(e)))?;
-        match reader.next() {
-            Some(Ok((l, payload))) if l == lsn => Record::decode(&payload)
-                .map(Some)
-                .map_err(|source| SinkError::Decode { lsn, source }),
-            Some(Err(e)) => Err(SinkError::Other(Box::new(e))),
-            _ => Ok(None),
-        }
-    }
-}
-
 /// Every table's rows, each table sorted (rows compared by value, hidden rowids aside).
 pub type Dump = BTreeMap<String, Vec<Vec<Value>>>;
 
-fn value_of(v: rusqlite::types::ValueRef<'_>) -> Value {
-    use rusqlite::types::ValueRef;
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(b) => Value::Text(b.to_vec()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
+use ferry_sqlite::value_of;
 
 pub fn dump(conn: &Connection) -> Dump {
     let names: Vec<String> = conn

@@ -84,16 +84,7 @@ pub fn fold(log_path: &Path) -> Fold {
     fold
 }
 
-fn to_value(v: rusqlite::types::ValueRef<'_>) -> Value {
-    use rusqlite::types::ValueRef;
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(t) => Value::Text(t.to_vec()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
+use ferry_sqlite::value_of as to_value;
 
 /// Asserts that the log, folded, equals `SELECT *` of every captured table.
 pub fn assert_fold_matches(log_path: &Path, db: &Path) {

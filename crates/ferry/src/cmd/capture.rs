@@ -3,10 +3,11 @@
 //! the initial snapshot (first run) and everything committed so far, then exits.
 
 use crate::cli::CaptureArgs;
-use crate::pipeline::{LogSink, check_source_meta, open_log};
+use crate::pipeline::{check_source_meta, open_log};
 use anyhow::Context;
 use ferry_core::SourceId;
 use ferry_core::state_dir::{StateDir, sanitize_source_id, source_id_from_path};
+use ferry_sqlite::LogSink;
 use ferry_sqlite::{CaptureOptions, SqliteCapture};
 use std::process::ExitCode;
 use std::sync::Arc;
