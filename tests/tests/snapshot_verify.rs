@@ -208,3 +208,101 @@ async fn snapshot_profiles_values_in_one_read_and_picks_types_that_hold_them() {
     let report = expect_exit(&out, 0, "verify after snapshot");
     assert!(report.contains("equal: 4 tables"), "{report}");
 }
+
+/// The target's DDL carries what SQLite's schema declares: NOT NULL, constant defaults,
+/// UNIQUE columns, indexes, foreign keys with their actions, identity keys. A foreign key
+/// the data breaks (SQLite does not enforce them unless asked) is skipped with a notice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn snapshot_creates_the_constraints_sqlite_declares() {
+    let pg = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "PRAGMA foreign_keys = OFF; -- as SQLite's own default is
+         CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE,
+                             name TEXT NOT NULL DEFAULT 'anon');
+         CREATE TABLE events (id INTEGER PRIMARY KEY,
+                              user_id INTEGER REFERENCES users(id) ON DELETE CASCADE, kind TEXT);
+         CREATE INDEX events_kind ON events (kind);
+         CREATE TABLE orphans (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id));
+         INSERT INTO users VALUES (1, 'a@x', 'a'), (2, NULL, 'b');
+         INSERT INTO events VALUES (1, 1, 'login'), (2, 2, 'view');
+         INSERT INTO orphans VALUES (1, 42);",
+    )
+    .unwrap();
+    drop(conn);
+    let out = ferry_async(vec![
+        "snapshot".into(),
+        "--source".into(),
+        db.to_str().unwrap().into(),
+        "--target".into(),
+        pg.url().to_string(),
+    ])
+    .await
+    .unwrap();
+    let stdout = expect_exit(&out, 0, "ferry snapshot");
+    let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        all.contains("orphans") && all.contains("FOREIGN KEY") && all.contains("skipped"),
+        "the broken foreign key is reported: {all}"
+    );
+    let client = pg.connect().await;
+    let constraints: Vec<String> = client
+        .query(
+            "SELECT conrelid::regclass::text || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE connamespace = 'public'::regnamespace ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for want in [
+        "events FOREIGN KEY (user_id) REFERENCES users(id) ON DELETE CASCADE DEFERRABLE INITIALLY DEFERRED",
+        "users UNIQUE (email) DEFERRABLE INITIALLY DEFERRED",
+        "users PRIMARY KEY (id)",
+    ] {
+        assert!(
+            constraints.iter().any(|c| c == want),
+            "{want:?} in {constraints:#?}"
+        );
+    }
+    assert!(
+        !constraints
+            .iter()
+            .any(|c| c.starts_with("orphans FOREIGN KEY")),
+        "{constraints:#?}"
+    );
+    let name: (bool, Option<String>) = client
+        .query_one(
+            "SELECT is_nullable = 'NO', column_default FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name = 'users' AND column_name = 'name'",
+            &[],
+        )
+        .await
+        .map(|r| (r.get(0), r.get(1)))
+        .unwrap();
+    assert_eq!(name, (true, Some("'anon'::text".to_string())));
+    let index: i64 = client
+        .query_one(
+            "SELECT count(*) FROM pg_indexes WHERE schemaname = 'public' AND tablename = 'events'
+             AND indexdef LIKE '%(kind)'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(index, 1);
+    let identity: String = client
+        .query_one(
+            "SELECT is_identity FROM information_schema.columns
+             WHERE table_schema = 'public' AND table_name = 'users' AND column_name = 'id'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(identity, "YES");
+}

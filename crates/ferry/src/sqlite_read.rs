@@ -149,18 +149,46 @@ pub fn for_each_row(
     Ok(())
 }
 
-/// A `ferry_core::TableSchema` for `t`, from SQLite's own catalog, keyed the way capture keys
-/// rows: the declared primary key, the rowid where none is declared.
+/// A `ferry_core::TableSchema` for `t`, keyed the way capture keys rows: the declared primary
+/// key, the rowid where none is declared. It is capture's own parse of the `CREATE TABLE`
+/// (NOT NULL, defaults, UNIQUE, foreign keys, collations: what the target's DDL is made of)
+/// whenever that parse names the same columns and key as SQLite's catalog; otherwise the
+/// catalog's columns and key alone, which is all `verify` needs.
 pub fn table_schema(
     conn: &Connection,
     t: &VerifyTable,
 ) -> rusqlite::Result<ferry_core::TableSchema> {
-    use ferry_core::{Affinity, Column, KeyColumns, TableSchema};
     let sql: String = conn.query_row(
         "SELECT coalesce(sql, '') FROM sqlite_schema WHERE type = 'table' AND name = ?1",
         [&t.name],
         |r| r.get(0),
     )?;
+    let from_catalog = catalog_schema(t, sql);
+    match ferry_sqlite::schema::parse_create_table(&t.name, &from_catalog.sql) {
+        Ok(parsed)
+            if parsed.key == from_catalog.key
+                && parsed.columns.len() == t.columns.len()
+                && parsed
+                    .columns
+                    .iter()
+                    .zip(&t.columns)
+                    .all(|(c, n)| &c.name == n) =>
+        {
+            Ok(parsed)
+        }
+        Ok(_) => {
+            tracing::warn!(table = %t.name, "the CREATE TABLE statement parses to other columns than SQLite's catalog lists; only columns and key are mapped (no NOT NULL, defaults, UNIQUE or foreign keys)");
+            Ok(from_catalog)
+        }
+        Err(e) => {
+            tracing::warn!(table = %t.name, error = %e, "cannot parse the CREATE TABLE statement; only columns and key are mapped (no NOT NULL, defaults, UNIQUE or foreign keys)");
+            Ok(from_catalog)
+        }
+    }
+}
+
+fn catalog_schema(t: &VerifyTable, sql: String) -> ferry_core::TableSchema {
+    use ferry_core::{Affinity, Column, KeyColumns, TableSchema};
     let upper = sql.to_ascii_uppercase();
     let without_rowid = upper
         .split_whitespace()
@@ -192,7 +220,7 @@ pub fn table_schema(
         [k] if !without_rowid && t.decl_types[*k].eq_ignore_ascii_case("INTEGER") => Some(*k),
         _ => None,
     };
-    Ok(TableSchema {
+    TableSchema {
         name: t.name.clone(),
         columns,
         key: if t.key.is_empty() {
@@ -207,7 +235,7 @@ pub fn table_schema(
         unique: vec![],
         foreign_keys: vec![],
         sql,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -269,6 +297,38 @@ mod tests {
                 vec![Value::Integer(2)],
                 vec![Value::Integer(3), Value::Integer(4)]
             )
+        );
+    }
+
+    #[test]
+    fn table_schema_carries_constraints_the_target_ddl_needs() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("a.db");
+        let c = Connection::open(&p).unwrap();
+        c.execute_batch(
+            "CREATE TABLE users (id INTEGER PRIMARY KEY, email TEXT UNIQUE, name TEXT NOT NULL DEFAULT 'x');
+             CREATE TABLE ev (id INTEGER PRIMARY KEY, user_id INTEGER REFERENCES users(id) ON DELETE CASCADE, g INT GENERATED ALWAYS AS (id * 2) VIRTUAL);",
+        )
+        .unwrap();
+        drop(c);
+        let conn = open_read_only(&p).unwrap();
+        let ts = tables(&conn).unwrap();
+        let users = table_schema(&conn, ts.iter().find(|t| t.name == "users").unwrap()).unwrap();
+        assert_eq!(users.unique, vec![vec![1]], "email UNIQUE");
+        assert!(users.columns[2].not_null, "name NOT NULL");
+        assert_eq!(users.columns[2].default_value, Some(Value::text("x")));
+        assert_eq!(users.rowid_alias, Some(0));
+        let ev = table_schema(&conn, ts.iter().find(|t| t.name == "ev").unwrap()).unwrap();
+        assert_eq!(ev.foreign_keys.len(), 1);
+        assert_eq!(ev.foreign_keys[0].parent_table, "users");
+        assert_eq!(ev.foreign_keys[0].on_delete.as_deref(), Some("CASCADE"));
+        assert_eq!(
+            ev.columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["id", "user_id", "g"],
+            "the same columns the snapshot's SELECT reads"
         );
     }
 }
