@@ -59,6 +59,8 @@ pub(crate) struct Loader {
     started: BTreeSet<String>,
     source_id: String,
     mode: TargetMode,
+    /// Where a table's post-load statements go once its rows are committed.
+    after_load: Option<(DdlRunner, BTreeMap<String, Vec<String>>)>,
 }
 
 pub(crate) struct LoadResult {
@@ -99,7 +101,14 @@ impl Loader {
             started: BTreeSet::new(),
             source_id: source_id.to_string(),
             mode,
+            after_load: None,
         })
+    }
+
+    /// Hands each table's `statements` (by SQLite table name) to `runner` as soon as that
+    /// table's rows are committed.
+    pub fn after_load(&mut self, runner: DdlRunner, statements: BTreeMap<String, Vec<String>>) {
+        self.after_load = Some((runner, statements));
     }
 
     /// Hands a chunk of a table's snapshot rows to that table's worker.
@@ -126,6 +135,10 @@ impl Loader {
                 reason: "internal: load connection pool closed".into(),
             })?;
             let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+            let after = self
+                .after_load
+                .as_mut()
+                .and_then(|(runner, stmts)| stmts.remove(&name).map(|s| (runner.clone(), s)));
             let handle = tokio::spawn(load_table(
                 client,
                 map.clone(),
@@ -134,6 +147,7 @@ impl Loader {
                 self.mode,
                 self.pool_tx.clone(),
                 lsn,
+                after,
             ));
             self.handles.push(handle);
             self.current = Some((name.clone(), tx));
@@ -226,6 +240,7 @@ async fn join(h: JoinHandle<WorkerResult>) -> WorkerResult {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn load_table(
     mut client: Client,
     map: TableMap,
@@ -234,9 +249,15 @@ async fn load_table(
     mode: TargetMode,
     pool: mpsc::Sender<Client>,
     lsn: Lsn,
+    after: Option<(DdlRunner, Vec<String>)>,
 ) -> WorkerResult {
     let r = load_table_in(&mut client, &map, rx, &source_id, mode, lsn).await;
     let _ = pool.send(client).await;
+    if r.is_ok()
+        && let Some((runner, statements)) = after
+    {
+        runner.spawn_table(&map.source.name, statements);
+    }
     r.map(|(n, replaced)| (map.source.name.clone(), n, replaced))
 }
 
@@ -439,87 +460,132 @@ fn lsn_before(lsn: Lsn) -> Lsn {
 /// Memory for index builds on the post-load connections (PostgreSQL's default is 64 MB).
 const INDEX_BUILD_MEMORY: &str = "256MB";
 
-/// Runs independent DDL statements (`(table, statement)`: UNIQUE constraints, indexes),
-/// each in its own transaction, on up to `connections` connections at once. A statement
-/// whose object already exists (an earlier attempt ran it) is done; one PostgreSQL rejects
-/// (the SQLite data violates a UNIQUE constraint SQLite did not have, say) becomes a notice
-/// and is skipped; a connection failure is returned, to retry the whole step.
-pub(crate) async fn run_independent_ddl(
-    target: &PgTarget,
-    connections: usize,
-    statements: Vec<(String, String)>,
-) -> Result<Vec<MapNotice>, PgError> {
-    use futures_util::StreamExt;
-    if statements.is_empty() {
-        return Ok(Vec::new());
+/// Runs independent DDL statements (UNIQUE constraints, indexes), each in its own
+/// transaction, on a pool of connections, as they are handed over: the initial load hands a
+/// table's statements over as soon as that table's rows are committed, so its indexes build
+/// while other tables still load. A statement whose object already exists (an earlier
+/// attempt ran it) is done; one PostgreSQL rejects (the SQLite data violates a UNIQUE
+/// constraint SQLite did not have, say) becomes a notice and is skipped; a connection
+/// failure is returned by [`DdlRunner::finish`], to retry the whole step.
+#[derive(Clone)]
+pub(crate) struct DdlRunner {
+    inner: std::sync::Arc<DdlShared>,
+}
+
+struct DdlShared {
+    permits: tokio::sync::Semaphore,
+    idle: std::sync::Mutex<Vec<Client>>,
+    jobs: std::sync::Mutex<tokio::task::JoinSet<Result<Option<MapNotice>, PgError>>>,
+    tables: std::sync::Mutex<BTreeSet<String>>,
+}
+
+impl DdlRunner {
+    pub async fn connect(target: &PgTarget, connections: usize) -> Result<DdlRunner, PgError> {
+        let n = connections.max(1);
+        let mut idle = Vec::with_capacity(n);
+        for _ in 0..n {
+            let client = target.connect().await?;
+            client
+                .batch_execute(&format!(
+                    "SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'"
+                ))
+                .await
+                .map_err(|e| PgError::pg("preparing an index-build connection", e))?;
+            idle.push(client);
+        }
+        Ok(DdlRunner {
+            inner: std::sync::Arc::new(DdlShared {
+                permits: tokio::sync::Semaphore::new(n),
+                idle: std::sync::Mutex::new(idle),
+                jobs: std::sync::Mutex::new(tokio::task::JoinSet::new()),
+                tables: std::sync::Mutex::new(BTreeSet::new()),
+            }),
+        })
     }
-    let n = connections.min(statements.len()).max(1);
-    let (pool_tx, mut pool_rx) = mpsc::channel::<Client>(n);
-    for _ in 0..n {
-        let client = target.connect().await?;
-        client
-            .batch_execute(&format!(
-                "SET maintenance_work_mem = '{INDEX_BUILD_MEMORY}'"
-            ))
-            .await
-            .map_err(|e| PgError::pg("preparing an index-build connection", e))?;
-        pool_tx.send(client).await.map_err(|_| PgError::Table {
-            table: String::new(),
-            reason: "internal: index-build connection pool closed".into(),
-        })?;
+
+    /// Whether `table`'s statements were handed over already.
+    pub fn has_table(&self, table: &str) -> bool {
+        lock(&self.inner.tables).contains(table)
     }
-    let mut jobs = Vec::with_capacity(statements.len());
-    for (table, stmt) in statements {
-        let client = pool_rx.recv().await.ok_or_else(|| PgError::Table {
-            table: table.clone(),
-            reason: "internal: index-build connection pool closed".into(),
-        })?;
-        let pool = pool_tx.clone();
-        jobs.push(tokio::spawn(async move {
-            let r = client.batch_execute(&stmt).await;
-            let _ = pool.send(client).await;
-            match r {
-                Ok(()) => Ok(None),
-                // 42P07 duplicate_table (the index exists), 42710 duplicate_object (the
-                // constraint exists): done by an earlier attempt.
-                Err(e) if matches!(e.code().map(|c| c.code()), Some("42P07" | "42710")) => Ok(None),
-                Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
-                    Ok(Some(MapNotice {
-                        table,
-                        column: None,
-                        message: format!(
-                            "could not run `{stmt}`: {}; skipped",
-                            e.as_db_error()
-                                .map(|d| d.message().to_string())
-                                .unwrap_or_default()
-                        ),
-                    }))
-                }
-                Err(e) => Err(PgError::pg(format!("running `{stmt}`"), e)),
-            }
-        }));
-    }
-    drop(pool_tx);
-    let mut notices = Vec::new();
-    let mut first_err = None;
-    let mut results = futures_util::stream::iter(jobs).buffer_unordered(n);
-    while let Some(r) = results.next().await {
-        match r {
-            Ok(Ok(Some(n))) => notices.push(n),
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                first_err.get_or_insert(e);
-            }
-            Err(e) => {
-                first_err.get_or_insert(PgError::Table {
-                    table: String::new(),
-                    reason: format!("internal: an index build task failed: {e}"),
-                });
-            }
+
+    /// Starts `table`'s statements; each waits for a free connection.
+    pub fn spawn_table(&self, table: &str, statements: Vec<String>) {
+        lock(&self.inner.tables).insert(table.to_string());
+        let mut jobs = lock(&self.inner.jobs);
+        for stmt in statements {
+            let shared = self.inner.clone();
+            let table = table.to_string();
+            jobs.spawn(async move {
+                let _permit = shared.permits.acquire().await.map_err(|_| PgError::Table {
+                    table: table.clone(),
+                    reason: "internal: index-build connection pool closed".into(),
+                })?;
+                // A permit guarantees an idle connection.
+                let client = lock(&shared.idle).pop().ok_or_else(|| PgError::Table {
+                    table: table.clone(),
+                    reason: "internal: no idle index-build connection".into(),
+                })?;
+                let r = client.batch_execute(&stmt).await;
+                lock(&shared.idle).push(client);
+                ddl_outcome(table, &stmt, r)
+            });
         }
     }
-    match first_err {
-        Some(e) => Err(e),
-        None => Ok(notices),
+
+    /// Waits for every statement handed over; the notices, or the first failure.
+    pub async fn finish(self) -> Result<Vec<MapNotice>, PgError> {
+        let mut jobs = std::mem::take(&mut *lock(&self.inner.jobs));
+        let mut notices = Vec::new();
+        let mut first_err = None;
+        while let Some(r) = jobs.join_next().await {
+            match r {
+                Ok(Ok(Some(n))) => notices.push(n),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => {
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(PgError::Table {
+                        table: String::new(),
+                        reason: format!("internal: an index build task failed: {e}"),
+                    });
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(notices),
+        }
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these short locks cannot leave the data half-changed.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn ddl_outcome(
+    table: String,
+    stmt: &str,
+    r: Result<(), tokio_postgres::Error>,
+) -> Result<Option<MapNotice>, PgError> {
+    match r {
+        Ok(()) => Ok(None),
+        // 42P07 duplicate_table (the index exists), 42710 duplicate_object (the constraint
+        // exists): done by an earlier attempt.
+        Err(e) if matches!(e.code().map(|c| c.code()), Some("42P07" | "42710")) => Ok(None),
+        Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
+            Ok(Some(MapNotice {
+                table,
+                column: None,
+                message: format!(
+                    "could not run `{stmt}`: {}; skipped",
+                    e.as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_default()
+                ),
+            }))
+        }
+        Err(e) => Err(PgError::pg(format!("running `{stmt}`"), e)),
     }
 }

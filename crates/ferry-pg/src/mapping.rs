@@ -488,6 +488,20 @@ pub fn parse_index(sql: &str) -> Result<IndexDef, String> {
     })
 }
 
+/// A deferrable UNIQUE constraint, built as an index first: `CREATE UNIQUE INDEX` takes a
+/// SHARE lock, so it builds beside the table's other indexes (ALTER TABLE … ADD CONSTRAINT
+/// UNIQUE would hold ACCESS EXCLUSIVE for the whole build); adopting the index is instant.
+/// One statement string, so it runs in one implicit transaction: all or nothing.
+fn unique_constraint_sql(map: &TableMap, name: &str, cols: &[String]) -> String {
+    let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+    let name = quote_ident(name);
+    format!(
+        "CREATE UNIQUE INDEX {name} ON {table} ({cols}); ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name} DEFERRABLE INITIALLY DEFERRED",
+        table = map.qualified(),
+        cols = list.join(", ")
+    )
+}
+
 /// Statements run after the data: UNIQUE constraints (table-level and unique indexes on
 /// plain columns) as deferrable constraints, other indexes, then foreign keys. Each is run
 /// under its own savepoint by the caller, so one that fails is reported and skipped.
@@ -541,13 +555,7 @@ pub fn post_load_statements(
                     .map(|&i| map.columns[i].target.clone())
                     .collect::<Vec<_>>()
             {
-                let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
-                out.push(format!(
-                    "ALTER TABLE {} ADD CONSTRAINT {} UNIQUE ({}) DEFERRABLE INITIALLY DEFERRED",
-                    map.qualified(),
-                    quote_ident(&pg_name),
-                    list.join(", ")
-                ));
+                out.push(unique_constraint_sql(map, &pg_name, &cols));
             }
         } else {
             let list: Vec<String> = idx
@@ -577,13 +585,8 @@ pub fn post_load_statements(
         if cols == key_cols {
             continue;
         }
-        let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
-        out.push(format!(
-            "ALTER TABLE {} ADD CONSTRAINT {} UNIQUE ({}) DEFERRABLE INITIALLY DEFERRED",
-            map.qualified(),
-            quote_ident(&object_name(&map.target_table, "key", &cols)),
-            list.join(", ")
-        ));
+        let name = object_name(&map.target_table, "key", &cols);
+        out.push(unique_constraint_sql(map, &name, &cols));
     }
     for fk in &map.source.foreign_keys {
         let Some(parent) = maps_by_source

@@ -209,6 +209,16 @@ const MAX_NOTICES: usize = 200;
 /// A DDL statement and the SQLite table it is for (for notices).
 type TableStatement = (String, String);
 
+/// See [`Shipper::post_load_plan`].
+#[derive(Default)]
+struct PostLoadPlan {
+    /// By SQLite table name: UNIQUE constraints and indexes.
+    per_table: BTreeMap<String, Vec<String>>,
+    /// `(table, statement)`, for the final transaction.
+    foreign_keys: Vec<TableStatement>,
+    notices: Vec<MapNotice>,
+}
+
 /// Snapshot records read at a time by the load's two passes: each holds up to a few
 /// thousand rows, so this (with the loader's channels) bounds the load's memory.
 const SNAPSHOT_READ_RECORDS: usize = 8;
@@ -851,7 +861,7 @@ impl Shipper {
                 .into_iter()
                 .map(|t| (t.source_table, t.state))
                 .collect();
-        let load = crate::load::Loader::new(
+        let mut load = crate::load::Loader::new(
             &self.target,
             self.opts.load_connections.max(1),
             &self.opts.source_id,
@@ -859,7 +869,28 @@ impl Shipper {
             self.replica_role,
         )
         .await?;
-        let mut load = load;
+        // The SnapshotBegin itself, for its index definitions: kept when the source
+        // summarised the snapshot (it was not read through), else read again.
+        let begin_record: Option<SnapshotBegin> = match self.snapshot_begin.take() {
+            Some((lsn, b)) if lsn == begin => Some(b),
+            _ => match read_source(source, Lsn(begin.0 - 1), 1, Duration::from_secs(1))?
+                .into_iter()
+                .next()
+            {
+                Some((_, Record::SnapshotBegin(b))) => Some(b),
+                _ => None,
+            },
+        };
+        let plan = self.post_load_plan(begin_record.as_ref());
+        let ddl = if plan.per_table.is_empty() {
+            None
+        } else {
+            let runner =
+                crate::load::DdlRunner::connect(&self.target, self.opts.load_connections.max(1))
+                    .await?;
+            load.after_load(runner.clone(), plan.per_table.clone());
+            Some(runner)
+        };
         // The snapshot's own row counts give the bar its total (the profile pass saw them;
         // after a restart, read its last record).
         let row_counts = match self.snapshot_row_counts.take() {
@@ -885,21 +916,7 @@ impl Shipper {
         let mut last_log = Instant::now();
         let mut last_table = String::new();
         let mut after = begin;
-        let mut begin_record: Option<SnapshotBegin> = None;
         let mut row_counts: Vec<(String, u64)> = Vec::new();
-        if after == begin {
-            // The SnapshotBegin itself, for its index definitions: kept when the source
-            // summarised the snapshot (it was not read through), else read again.
-            match self.snapshot_begin.take() {
-                Some((lsn, b)) if lsn == begin => begin_record = Some(b),
-                _ => {
-                    let r = read_source(source, Lsn(begin.0 - 1), 1, Duration::from_secs(1))?;
-                    if let Some((_, Record::SnapshotBegin(b))) = r.into_iter().next() {
-                        begin_record = Some(b);
-                    }
-                }
-            }
-        }
         while after < end {
             let recs = read_source(
                 source,
@@ -969,7 +986,7 @@ impl Shipper {
                 l.step = "indexing".into();
             }
         });
-        self.finish_load(begin_record.as_ref(), end).await?;
+        self.finish_load(plan, ddl, end).await?;
         self.update_status(|s| {
             if let Some(l) = s.load.as_mut() {
                 l.step = "done".into();
@@ -978,14 +995,14 @@ impl Shipper {
         Ok(())
     }
 
-    /// After the data: constraints and indexes (create mode), sequences, state streaming.
-    async fn finish_load(
-        &mut self,
-        begin: Option<&SnapshotBegin>,
-        end: Lsn,
-    ) -> Result<(), PgError> {
-        let mut notices = Vec::new();
-        let create = self.opts.mode == TargetMode::Create;
+    /// What runs after the data (create mode): per table, its UNIQUE constraints and
+    /// indexes (independent of other tables: each runs as soon as its table is loaded); and
+    /// the foreign keys, which need both their tables and go in the final transaction.
+    fn post_load_plan(&self, begin: Option<&SnapshotBegin>) -> PostLoadPlan {
+        let mut plan = PostLoadPlan::default();
+        if self.opts.mode != TargetMode::Create {
+            return plan;
+        }
         let indexes: Vec<IndexDef> = begin
             .map(|b| {
                 b.schema_rows
@@ -996,7 +1013,7 @@ impl Shipper {
                         match mapping::parse_index(sql) {
                             Ok(i) => Some(i),
                             Err(why) => {
-                                notices.push(MapNotice {
+                                plan.notices.push(MapNotice {
                                     table: r.tbl_name.clone(),
                                     column: None,
                                     message: format!("index {:?} not created: {why}", r.name),
@@ -1008,44 +1025,57 @@ impl Shipper {
                     .collect()
             })
             .unwrap_or_default();
+        for map in self.maps.values() {
+            if map.target_schema == "ferry" {
+                continue;
+            }
+            let idx: Vec<IndexDef> = indexes
+                .iter()
+                .filter(|i| i.table.eq_ignore_ascii_case(&map.source.name))
+                .cloned()
+                .collect();
+            let (fks, own): (Vec<String>, Vec<String>) =
+                mapping::post_load_statements(map, &idx, &self.maps, &mut plan.notices)
+                    .into_iter()
+                    .partition(|s| s.contains(" FOREIGN KEY "));
+            plan.foreign_keys
+                .extend(fks.into_iter().map(|s| (map.source.name.clone(), s)));
+            if !own.is_empty() {
+                plan.per_table.insert(map.source.name.clone(), own);
+            }
+        }
+        plan
+    }
+
+    /// After the data: the rest of the constraints and indexes (create mode), sequences,
+    /// state streaming.
+    async fn finish_load(
+        &mut self,
+        plan: PostLoadPlan,
+        ddl: Option<crate::load::DdlRunner>,
+        end: Lsn,
+    ) -> Result<(), PgError> {
+        let PostLoadPlan {
+            per_table,
+            foreign_keys,
+            mut notices,
+        } = plan;
+        let create = self.opts.mode == TargetMode::Create;
         let maps = self.maps.clone();
         let source_id = self.opts.source_id.clone();
         let applied = self.applied;
-        // UNIQUE constraints and indexes: each statement on its own connection and in its
-        // own transaction, `load_connections` at a time (index builds are the longest part
-        // after the data, and independent). Idempotent — a statement an earlier attempt
-        // already ran finds its object and counts as done — so a crash before the final
-        // transaction below just runs them again. Foreign keys need both tables complete
-        // and go in the final transaction.
-        let mut per_table: Vec<(String, Vec<String>)> = Vec::new();
-        if create {
-            for map in maps.values() {
-                if map.target_schema == "ferry" {
-                    continue;
+        // UNIQUE constraints and indexes not started yet (tables loaded by an earlier
+        // attempt, empty tables), then wait for all of them. Idempotent — a statement an
+        // earlier attempt already ran finds its object and counts as done — so a crash
+        // before the final transaction below just runs them again.
+        if let Some(runner) = ddl {
+            for (table, stmts) in per_table {
+                if !runner.has_table(&table) {
+                    runner.spawn_table(&table, stmts);
                 }
-                let idx: Vec<IndexDef> = indexes
-                    .iter()
-                    .filter(|i| i.table.eq_ignore_ascii_case(&map.source.name))
-                    .cloned()
-                    .collect();
-                per_table.push((
-                    map.source.name.clone(),
-                    mapping::post_load_statements(map, &idx, &maps, &mut notices),
-                ));
             }
+            notices.extend(runner.finish().await?);
         }
-        let (foreign_keys, parallel): (Vec<TableStatement>, Vec<TableStatement>) = per_table
-            .into_iter()
-            .flat_map(|(t, stmts)| stmts.into_iter().map(move |s| (t.clone(), s)))
-            .partition(|(_, s)| s.contains(" FOREIGN KEY "));
-        notices.extend(
-            crate::load::run_independent_ddl(
-                &self.target,
-                self.opts.load_connections.max(1),
-                parallel,
-            )
-            .await?,
-        );
         let client = client_of(&mut self.client)?;
         let tx = client
             .transaction()

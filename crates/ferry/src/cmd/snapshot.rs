@@ -72,8 +72,18 @@ fn produce(
         schema_rows,
     }))?;
     // Nothing asked (the sender dropped) or `false`: no summary.
+    let mut order: Vec<usize> = (0..tables.len()).collect();
     if let Ok(profile) = summary.asked.recv() {
         let answer = summarize(&conn, &tables, &schemas, profile);
+        let answer = match answer {
+            Ok((summary, weights)) => {
+                // Largest tables first: their COPY and then their index builds are the
+                // long poles, and the small tables load beside those builds.
+                order.sort_by_key(|&i| std::cmp::Reverse(weights[i]));
+                Ok(summary)
+            }
+            Err(e) => Err(e),
+        };
         let failed = answer.is_err();
         let _ = summary.answer.send(answer);
         if failed {
@@ -81,7 +91,7 @@ fn produce(
         }
     }
     let mut counts = Vec::new();
-    for (t, schema) in tables.iter().zip(&schemas) {
+    for (t, schema) in order.iter().map(|&i| (&tables[i], &schemas[i])) {
         let mut chunk = Vec::with_capacity(ROWS_PER_RECORD);
         let mut n = 0u64;
         sqlite_read::for_each_row(&conn, t, |key, values| {
@@ -129,15 +139,16 @@ struct SummaryChannel {
 /// One pass over every table without materialising rows: counts them (so the records the
 /// producer will send, and the `SnapshotEnd`'s LSN, are known) and, if `profile`, feeds every
 /// value to its column's profile. Values are decoded into per-column buffers reused from row
-/// to row.
+/// to row. Also returns each table's weight (bytes of values when profiling, else rows).
 fn summarize(
     conn: &rusqlite::Connection,
     tables: &[sqlite_read::VerifyTable],
     schemas: &[TableSchema],
     profile: bool,
-) -> anyhow::Result<SnapshotSummary> {
+) -> anyhow::Result<(SnapshotSummary, Vec<u64>)> {
     let mut profiles = std::collections::BTreeMap::new();
     let mut row_counts = Vec::new();
+    let mut weights = Vec::new();
     // SnapshotBegin is LSN 1; SnapshotEnd follows the last rows record.
     let mut end = 2u64;
     for (t, schema) in tables.iter().zip(schemas) {
@@ -157,13 +168,19 @@ fn summarize(
             let mut rows = stmt.query([])?;
             let mut scratch = vec![Value::Null; cols.len()];
             let mut n = 0u64;
+            let mut bytes = 0u64;
             while let Some(r) = rows.next()? {
                 for (i, (p, slot)) in prof.iter_mut().zip(&mut scratch).enumerate() {
                     set_value(slot, r.get_ref(i)?);
+                    bytes += match slot {
+                        Value::Text(b) | Value::Blob(b) => b.len() as u64,
+                        _ => 8,
+                    };
                     p.observe(slot, schema.columns[i].affinity);
                 }
                 n += 1;
             }
+            weights.push(bytes);
             n
         } else {
             conn.query_row(
@@ -173,17 +190,23 @@ fn summarize(
             )
             .map(|n| n as u64)?
         };
+        if !profile {
+            weights.push(n);
+        }
         end += n.div_ceil(ROWS_PER_RECORD as u64);
         row_counts.push((t.name.clone(), n));
         if profile {
             profiles.insert(t.name.clone(), prof);
         }
     }
-    Ok(SnapshotSummary {
-        end_lsn: Lsn(end),
-        profiles,
-        row_counts,
-    })
+    Ok((
+        SnapshotSummary {
+            end_lsn: Lsn(end),
+            profiles,
+            row_counts,
+        },
+        weights,
+    ))
 }
 
 /// Decodes `v` into `slot`, reusing its buffer when it already holds text or a blob.
