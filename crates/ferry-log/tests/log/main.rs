@@ -5,5 +5,6 @@ mod common;
 mod damage;
 mod golden;
 mod group_commit;
+mod pipeline;
 mod sigkill;
 mod sim_crash;
