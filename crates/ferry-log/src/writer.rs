@@ -873,8 +873,10 @@ impl Log {
         self.shared.syncs.load(Ordering::Relaxed)
     }
 
-    /// Calls `observe` with the duration of every group-commit write + fdatasync (for the
-    /// `ferry_log_fsync_duration_seconds` histogram). Replaces an earlier observer.
+    /// Calls `observe` with the duration of every group-commit fdatasync (for the
+    /// `ferry_log_fsync_duration_seconds` histogram; the write of the next batch overlaps it
+    /// and is not included, except in `seal`, which writes and syncs as one step). Replaces an
+    /// earlier observer.
     pub fn set_sync_observer(&self, observe: impl Fn(Duration) + Send + Sync + 'static) {
         *self
             .shared
