@@ -34,7 +34,8 @@ if [ ! -f "$DB.scale-$SCALE" ]; then
 fi
 
 psql_admin() { psql -q -v ON_ERROR_STOP=1 "$PGURL" "$@"; }
-fresh() { psql_admin -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1"; }
+# A CHECKPOINT first, so no run pays for the previous run's writes.
+fresh() { psql_admin -c "DROP DATABASE IF EXISTS $1 WITH (FORCE)" -c "CREATE DATABASE $1" -c CHECKPOINT; }
 now() { date +%s.%N; }
 
 # Export once (not timed) for the floor: load with ferry, COPY each table out in binary.
@@ -55,7 +56,12 @@ for t in $TABLES; do
   echo "CREATE TABLE \"$t\" ($cols, $pk);" >> "$FLOOR_DDL"
 done
 
-ferry_t=(); pgl_t=(); floor_t=(); ferry_rss=(); pgl_rss=()
+# The floor builds no secondary index; "floor + DDL" adds, after the same COPY, the indexes,
+# UNIQUE constraints and foreign keys ferry creates (taken from ferry's result below), the
+# indexes in parallel (one session each), then the foreign keys: the work any loader that
+# keeps the schema has to do, done by the server alone.
+FLOOR_IDX="$WORK/floor-indexes.sql"; FLOOR_FK="$WORK/floor-fks.sql"
+ferry_t=(); pgl_t=(); floor_t=(); floor_ddl_t=(); ferry_rss=(); pgl_rss=()
 for run in $(seq 1 "$RUNS"); do
   # ferry
   fresh bench_ferry
@@ -65,6 +71,11 @@ for run in $(seq 1 "$RUNS"); do
   ferry_t+=("$(echo "$e - $s" | bc)")
   ferry_rss+=("$(tail -1 "$WORK/ferry.time")")
   echo "run $run ferry:    ${ferry_t[-1]} s  ($out)"
+  if [ "$run" = 1 ]; then
+    psql -At "$base/bench_ferry" -c "SELECT indexdef || ';' FROM pg_indexes i WHERE schemaname = 'public' AND NOT EXISTS (SELECT 1 FROM pg_constraint c WHERE c.conname = i.indexname AND c.contype IN ('p', 'u'))" \
+         -c "SELECT format('CREATE UNIQUE INDEX %I ON %s (%s);', conname, conrelid::regclass, (SELECT string_agg(quote_ident(attname), ', ') FROM pg_attribute WHERE attrelid = conrelid AND attnum = ANY (conkey))) FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND contype = 'u'" > "$FLOOR_IDX"
+    psql -At "$base/bench_ferry" -c "SELECT format('ALTER TABLE %s ADD CONSTRAINT %I %s;', conrelid::regclass, conname, pg_get_constraintdef(oid)) FROM pg_constraint WHERE connamespace = 'public'::regnamespace AND contype = 'f'" > "$FLOOR_FK"
+  fi
   # pgloader
   fresh bench_pgloader
   s=$(now)
@@ -84,17 +95,27 @@ for run in $(seq 1 "$RUNS"); do
   e=$(now)
   floor_t+=("$(echo "$e - $s" | bc)")
   echo "run $run floor:    ${floor_t[-1]} s"
+  while read -r stmt; do
+    psql -q -v ON_ERROR_STOP=1 "$base/bench_floor" -c "SET maintenance_work_mem = '256MB'" -c "$stmt" &
+  done < "$FLOOR_IDX"
+  wait
+  psql -q -v ON_ERROR_STOP=1 "$base/bench_floor" -f "$FLOOR_FK"
+  e=$(now)
+  floor_ddl_t+=("$(echo "$e - $s" | bc)")
+  echo "run $run floor+DDL: ${floor_ddl_t[-1]} s"
 done
 
 median() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-mf=$(median "${ferry_t[@]}"); mp=$(median "${pgl_t[@]}"); mc=$(median "${floor_t[@]}")
+mf=$(median "${ferry_t[@]}"); mp=$(median "${pgl_t[@]}"); mc=$(median "${floor_t[@]}"); md=$(median "${floor_ddl_t[@]}")
 rows=$(psql -At "$base/bench_ferry" -c "SELECT sum(n_live_tup) FROM pg_stat_user_tables WHERE schemaname = 'public'")
 echo
 echo "rows: ~$rows   runs: $RUNS (alternated)   medians:"
 printf "  ferry    %8.2f s   peak RSS %s MiB (max of runs)\n" "$mf" "$(( $(printf '%s\n' "${ferry_rss[@]}" | sort -n | tail -1) / 1024 ))"
 printf "  pgloader %8.2f s   peak RSS %s MiB (max of runs)\n" "$mp" "$(( $(printf '%s\n' "${pgl_rss[@]}" | sort -n | tail -1) / 1024 ))"
 printf "  floor    %8.2f s   (COPY FROM binary files, PK only, tables in parallel)\n" "$mc"
+printf "  floor+DDL %7.2f s   (the same, then ferry's indexes, UNIQUE constraints and foreign keys)\n" "$md"
 echo "  ferry / floor    = $(echo "scale=2; $mf / $mc" | bc)"
+echo "  ferry / floor+DDL = $(echo "scale=2; $mf / $md" | bc)"
 echo "  pgloader / ferry = $(echo "scale=2; $mp / $mf" | bc)"
 
 [ -n "${SKIP_STREAM:-}" ] && exit 0
