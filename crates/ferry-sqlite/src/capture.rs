@@ -246,7 +246,7 @@ pub struct SqliteCapture {
     shadow: Shadow,
     decoder: Option<Decoder>,
     stats: CaptureStats,
-    events: Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)>,
+    events: Option<ChangeHints>,
     _lock: File,
 }
 
@@ -337,7 +337,11 @@ impl SqliteCapture {
         wal_path.push("-wal");
         let wal_path = PathBuf::from(wal_path);
         let shadow = Shadow::open(work_dir, sink.as_ref())?;
-        let events = if opts.watch { watch_dir(db_path) } else { None };
+        let events = if opts.watch {
+            ChangeHints::new(db_path)
+        } else {
+            None
+        };
         let mut cap = SqliteCapture {
             db_path: db_path.to_path_buf(),
             wal_path,
@@ -447,6 +451,9 @@ impl SqliteCapture {
             })?;
             self.decoder = Some(Decoder::build(&pages).map_err(self.decode_err())?);
         }
+        if let Some(h) = &self.events {
+            h.fired.store(false, Ordering::SeqCst);
+        }
         let before = self.stats.clone();
         // Caught up means a poll found nothing new: a poll that found transactions is
         // followed by another, because a writer may have committed more meanwhile (the
@@ -477,7 +484,34 @@ impl SqliteCapture {
         step.rows = (self.stats.inserts + self.stats.updates + self.stats.deletes)
             - (before.inserts + before.updates + before.deletes);
         step.resynced = self.stats.resyncs > before.resyncs;
+        if !step.caught_up
+            && let Some(h) = &mut self.events
+        {
+            // Busy: the next step polls at once, so hints are of no use, and every write
+            // the application makes to a watched directory costs it an inotify event and a
+            // wake-up (about a quarter of a small-transaction writer's throughput, measured
+            // with benches/capture_overhead). Waiting watches again.
+            h.disarm();
+        }
         Ok(step)
+    }
+
+    /// Calls `f` (from another thread) on the first change hint after each step, for a
+    /// caller that waits on something else than [`SqliteCapture::wait_for_change`]. Hints
+    /// come only while watching: see [`SqliteCapture::watch_for_changes`].
+    pub fn on_change_hint(&mut self, f: Box<dyn Fn() + Send>) {
+        if let Some(h) = &self.events
+            && let Ok(mut cb) = h.callback.lock()
+        {
+            *cb = Some(f);
+        }
+    }
+
+    /// Watches the directory for change hints again (a busy step stops watching). True when
+    /// it was not watching: a change made since the last poll raised no hint, so poll once
+    /// more before waiting.
+    pub fn watch_for_changes(&mut self) -> bool {
+        self.events.as_mut().is_some_and(ChangeHints::arm)
     }
 
     /// Runs until `stop` is set (checked between steps of at most about 100 ms): finishes
@@ -497,8 +531,14 @@ impl SqliteCapture {
     /// inotify merges events), so callers poll again after every wait whatever woke them.
     pub fn wait_for_change(&mut self, timeout: Duration, stop: &AtomicBool) {
         let deadline = Instant::now() + timeout;
-        match &self.events {
-            Some((_, rx)) => {
+        if self.watch_for_changes() {
+            // The watch was off while capture was busy: a change made since the last poll
+            // raised no hint, so return for one more poll (now watched) instead of sleeping
+            // through it.
+            return;
+        }
+        match self.events.as_ref().map(|h| &h.rx) {
+            Some(rx) => {
                 // Drain the hints that arrived before this wait: the step that precedes it
                 // has already seen their changes.
                 while rx.try_recv().is_ok() {}
@@ -1679,17 +1719,97 @@ impl Drop for SqliteCapture {
     }
 }
 
-fn watch_dir(db_path: &Path) -> Option<(notify::RecommendedWatcher, mpsc::Receiver<()>)> {
-    use notify::Watcher;
-    let (tx, rx) = mpsc::sync_channel::<()>(1);
-    let mut w = notify::recommended_watcher(move |_ev: notify::Result<notify::Event>| {
-        let _ = tx.try_send(());
-    })
-    .ok()?;
-    let dir = db_path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    w.watch(dir, notify::RecursiveMode::NonRecursive).ok()?;
-    Some((w, rx))
+/// File-notification hints on the database's directory, watched only while capture waits
+/// (see [`SqliteCapture::run`]).
+struct ChangeHints {
+    watcher: notify::RecommendedWatcher,
+    rx: mpsc::Receiver<()>,
+    dir: PathBuf,
+    watching: bool,
+    /// Called on the first hint after each step (see [`SqliteCapture::on_change_hint`]).
+    callback: Arc<std::sync::Mutex<Option<HintCallback>>>,
+    fired: Arc<AtomicBool>,
+}
+
+type HintCallback = Box<dyn Fn() + Send>;
+
+impl ChangeHints {
+    fn new(db_path: &Path) -> Option<ChangeHints> {
+        let (tx, rx) = mpsc::sync_channel::<()>(1);
+        let callback: Arc<std::sync::Mutex<Option<HintCallback>>> = Arc::default();
+        let fired = Arc::new(AtomicBool::new(false));
+        let (cb, f) = (callback.clone(), fired.clone());
+        // Only the database's own files (`app.db`, `-wal`, `-shm`, `-journal`) give hints:
+        // other files in the directory, ferry's own log among them when the state
+        // directory is there, must not wake capture.
+        let db_name = db_path.file_name()?.to_os_string();
+        let watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+            // Opening, closing or a metadata change alters no page (capture's own
+            // connections cause those); writes, creations, removals and renames do.
+            let ours = ev.as_ref().map_or(true, |ev| {
+                use notify::EventKind as K;
+                use notify::event::ModifyKind as M;
+                matches!(
+                    ev.kind,
+                    K::Modify(M::Data(_) | M::Name(_) | M::Any | M::Other)
+                        | K::Create(_)
+                        | K::Remove(_)
+                        | K::Any
+                        | K::Other
+                ) && ev.paths.iter().any(|p| {
+                    p.file_name().is_some_and(|n| {
+                        n.as_encoded_bytes().starts_with(db_name.as_encoded_bytes())
+                    })
+                })
+            });
+            if !ours {
+                return;
+            }
+            let _ = tx.try_send(());
+            if !f.swap(true, Ordering::SeqCst)
+                && let Ok(cb) = cb.lock()
+                && let Some(cb) = cb.as_ref()
+            {
+                cb();
+            }
+        })
+        .ok()?;
+        let dir = db_path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_path_buf();
+        let mut hints = ChangeHints {
+            watcher,
+            rx,
+            dir,
+            watching: false,
+            callback,
+            fired,
+        };
+        // A directory that cannot be watched means no hints at all: polling alone.
+        hints.arm();
+        hints.watching.then_some(hints)
+    }
+
+    /// Starts watching; true when it was not watching before.
+    fn arm(&mut self) -> bool {
+        use notify::Watcher;
+        if self.watching {
+            return false;
+        }
+        self.watching = self
+            .watcher
+            .watch(&self.dir, notify::RecursiveMode::NonRecursive)
+            .is_ok();
+        self.watching
+    }
+
+    fn disarm(&mut self) {
+        use notify::Watcher;
+        if self.watching {
+            let _ = self.watcher.unwatch(&self.dir);
+            self.watching = false;
+        }
+    }
 }

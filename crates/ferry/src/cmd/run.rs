@@ -51,6 +51,8 @@ pub enum CaptureRequest {
     Drain(std::sync::mpsc::Sender<Result<Lsn, String>>),
     /// Take a base backup into the archive now; answer with what was archived.
     BackupNow(std::sync::mpsc::Sender<Result<serde_json::Value, String>>),
+    /// A file-notification hint: the database may have changed; poll now.
+    Changed,
 }
 
 pub struct RunContext {
@@ -355,6 +357,10 @@ fn spawn_capture(
                 )
                 .map_err(anyhow::Error::from)
                 .and_then(|mut cap| {
+                    let hints = src.capture_tx.clone();
+                    cap.on_change_hint(Box::new(move || {
+                        let _ = hints.send(CaptureRequest::Changed);
+                    }));
                     let archiver = match &archive {
                         Some(a) => Some(
                             ferry_archive::Archiver::open(a.options()?, &src.id, &log_dir)
@@ -549,7 +555,10 @@ fn capture_loop(
             }
             return Ok(());
         }
-        let wait = if step.caught_up {
+        // Caught up: wait for a request, a change hint or the poll interval. A step that
+        // was busy stopped watching (watching costs the application a notification per
+        // write); watching again, poll once more first for what came meanwhile.
+        let wait = if step.caught_up && !cap.watch_for_changes() {
             Duration::from_millis(50)
         } else {
             Duration::ZERO
@@ -577,7 +586,7 @@ fn capture_loop(
                     .map_err(|e| format!("{e:#}"));
                 let _ = reply.send(r);
             }
-            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Ok(CaptureRequest::Changed) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
         }
     }
