@@ -1716,6 +1716,9 @@ fn count_changes(stats: &mut CaptureStats, changes: &[ferry_core::RowChange], sc
 impl Drop for SqliteCapture {
     fn drop(&mut self) {
         let _ = self.release_all();
+        // Not needed for correctness (the journal redoes what the last checkpoint missed),
+        // but a cleanly closed capture opens without redo.
+        let _ = self.shadow.checkpoint();
     }
 }
 

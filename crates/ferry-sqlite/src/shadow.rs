@@ -4,11 +4,12 @@
 //!
 //! Files in the capture directory:
 //! - `shadow.db`: page `n` at byte `(n-1) * page_size`, exactly `page_count` pages.
-//! - `shadow.state`: where the shadow stands — the resume point in the source (salts, frame,
-//!   running checksum, database size, change counter) and the LSN of the log record that
-//!   brought it there. Replaced by temp → fsync → rename → directory fsync.
-//! - `shadow.journal`: redo entries for a batch in flight, one per transaction: the LSN its
-//!   record will have, its resume point and its page images; each entry framed as length,
+//! - `shadow.state`: where the durable `shadow.db` stands — the resume point in the source
+//!   (salts, frame, running checksum, database size, change counter) and the LSN of the log
+//!   record that brought it there. Replaced by temp → fsync → rename → directory fsync.
+//! - `shadow.journal`: redo entries for the batches since the last checkpoint, one per
+//!   transaction: the LSN its record will have, its resume point and its page images; each
+//!   entry framed as length,
 //!   CRC32C, body. A page's first image in a batch is stored whole; a later image of the same
 //!   page in the same batch is stored as the byte ranges that differ from the previous one
 //!   (a hot leaf rewritten by every small transaction costs a few dozen bytes, not a page),
@@ -18,13 +19,21 @@
 //! and the log never ahead of what the shadow can be brought to):
 //! 1. append the batch's entries to the journal and fsync it;
 //! 2. append the records to the log (durable on return);
-//! 3. write the pages into `shadow.db`, set its length, fsync;
-//! 4. write `shadow.state` (temp, fsync, rename, fsync dir);
-//! 5. truncate the journal.
+//! 3. write the pages into `shadow.db` and set its length (no fsync: the journal holds them,
+//!    and only pages of transactions the log holds are ever written there).
+//!
+//! A checkpoint — at most every [`CHECKPOINT_INTERVAL`], when the journal passes
+//! [`CHECKPOINT_JOURNAL_BYTES`], after recovery and when capture closes — makes `shadow.db`
+//! durable (fsync), writes `shadow.state` (temp, fsync, rename, fsync dir) and truncates the
+//! journal. A batch thus costs two fsyncs (journal, log) instead of five: each fsync of
+//! capture's files also commits the file system's journal, which the application's own
+//! fsyncs then wait behind.
 //!
 //! On open, entries whose LSN the log holds (and whose log record carries the entry's source
-//! position) are redone in order, the rest discarded; then steps 3–5 run. Redo is idempotent:
-//! entries are whole page images.
+//! position) are redone in order, the rest discarded; then a checkpoint runs. Redo is
+//! idempotent: entries are whole page images, or deltas from an earlier image of the same
+//! batch. Pages written to `shadow.db` after the last checkpoint belong to entries the log
+//! holds, all of them in the journal, so redo rewrites every one of them.
 
 use crate::pages::{FilePages, Page, read_full_at};
 use crate::sink::RecordSink;
@@ -140,8 +149,18 @@ pub struct Shadow {
     db_path: PathBuf,
     db: File,
     journal: File,
+    /// Where `shadow.db`'s pages stand (ahead of `shadow.state` between checkpoints).
     pub state: Option<ShadowState>,
+    /// Bytes appended to the journal since the last checkpoint.
+    journal_bytes: u64,
+    /// When the first batch after the last checkpoint was applied.
+    unsynced_since: Option<std::time::Instant>,
 }
+
+/// A checkpoint at least this often while batches arrive (redo work after a crash).
+pub const CHECKPOINT_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// A checkpoint once the journal holds this much.
+pub const CHECKPOINT_JOURNAL_BYTES: u64 = 16 << 20;
 
 const STATE_MAGIC: &[u8; 8] = b"FRYSHST1";
 
@@ -179,6 +198,8 @@ impl Shadow {
             db,
             journal,
             state,
+            journal_bytes: 0,
+            unsynced_since: None,
         };
         s.recover(sink)?;
         Ok(s)
@@ -276,11 +297,17 @@ impl Shadow {
             .map(|(k, v)| (k, Arc::from(v)))
             .collect();
         self.apply(&pages, new_state)?;
-        Ok(())
+        self.checkpoint()
     }
 
-    /// Step 1: journal a batch durably.
-    pub fn journal_batch(&self, entries: &[JournalEntry<'_>]) -> Result<(), ShadowError> {
+    /// Step 1: journal a batch durably. Returns the bytes appended.
+    pub fn journal_batch(&mut self, entries: &[JournalEntry<'_>]) -> Result<u64, ShadowError> {
+        let n = self.append_journal(entries)?;
+        self.journal_bytes += n;
+        Ok(n)
+    }
+
+    fn append_journal(&self, entries: &[JournalEntry<'_>]) -> Result<u64, ShadowError> {
         let jpath = self.dir.join("shadow.journal");
         let mut out = Vec::new();
         let mut latest: HashMap<u32, &Page> = HashMap::new();
@@ -318,10 +345,10 @@ impl Shadow {
         j.seek(SeekFrom::End(0)).map_err(self.io(&jpath))?;
         j.write_all(&out).map_err(self.io(&jpath))?;
         self.journal.sync_data().map_err(self.io(&jpath))?;
-        Ok(())
+        Ok(out.len() as u64)
     }
 
-    /// Steps 3–5: apply pages to the shadow and move its state.
+    /// Step 3: apply pages to the shadow and move its state; a checkpoint when one is due.
     pub fn apply(
         &mut self,
         pages: &HashMap<u32, Page>,
@@ -339,10 +366,32 @@ impl Shadow {
         self.db
             .set_len(u64::from(state.point.db_pages) * ps)
             .map_err(self.io(&self.db_path))?;
+        self.state = Some(state);
+        let since = *self
+            .unsynced_since
+            .get_or_insert_with(std::time::Instant::now);
+        if self.journal_bytes >= CHECKPOINT_JOURNAL_BYTES || since.elapsed() >= CHECKPOINT_INTERVAL
+        {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    /// Makes `shadow.db` durable, records its state in `shadow.state` and empties the
+    /// journal. Nothing to do when no batch was applied since the last one.
+    pub fn checkpoint(&mut self) -> Result<(), ShadowError> {
+        let Some(state) = self.state else {
+            return Ok(());
+        };
+        if self.unsynced_since.is_none() && self.journal_bytes == 0 {
+            return Ok(());
+        }
         self.db.sync_data().map_err(self.io(&self.db_path))?;
         self.write_state(state)?;
         let jpath = self.dir.join("shadow.journal");
         self.journal.set_len(0).map_err(self.io(&jpath))?;
+        self.journal_bytes = 0;
+        self.unsynced_since = None;
         Ok(())
     }
 
@@ -403,6 +452,10 @@ impl Shadow {
         }
         self.state = None;
         self.db.set_len(0).map_err(self.io(&self.db_path))?;
+        let jpath = self.dir.join("shadow.journal");
+        self.journal.set_len(0).map_err(self.io(&jpath))?;
+        self.journal_bytes = 0;
+        self.unsynced_since = None;
         Ok(())
     }
 
