@@ -1735,6 +1735,35 @@ async fn alter_table(
     }
     let mut new_map =
         mapping::create_mode_map(schema, None, &opts.map_options(), tschema, tname, notices);
+    let mut old = old.clone();
+    if let Some((i, from, to)) = renamed_column(&old.source, schema)
+        && let Some(k) = old.columns.iter().position(|c| c.source_name == from)
+        && let Some(target) = new_map
+            .columns
+            .iter()
+            .find(|c| c.source_name == to)
+            .map(|c| c.target.clone())
+    {
+        // SQLite's RENAME COLUMN changes a name only: rename it in PostgreSQL too, so the
+        // column keeps its place (a drop and an add would move it to the end; its values
+        // come again as updates either way).
+        if old.columns[k].target != target {
+            tx.batch_execute(&format!(
+                "ALTER TABLE {cur} RENAME COLUMN {} TO {}",
+                quote_ident(&old.columns[k].target),
+                quote_ident(&target)
+            ))
+            .await
+            .map_err(pg(format!(
+                "renaming column {} of {cur}",
+                old.columns[k].target
+            )))?;
+        }
+        old.columns[k].source_name = to.clone();
+        old.columns[k].target = target;
+        old.source.columns[i].name = to;
+    }
+    let old = &old;
     // Keep the existing PostgreSQL type for columns that stay, unless the declared mapping
     // itself changed (a rebuild that changed the type).
     for c in &mut new_map.columns {
@@ -1838,6 +1867,27 @@ async fn alter_table(
         .map_err(pg(format!("adding the primary key of {cur}")))?;
     }
     Ok(new_map)
+}
+
+/// The one column `new` renamed in `old` — same columns in the same places with the same
+/// declared types, one name changed to a name `old` does not have — as (index, from, to).
+fn renamed_column(old: &TableSchema, new: &TableSchema) -> Option<(usize, String, String)> {
+    if old.columns.len() != new.columns.len() {
+        return None;
+    }
+    let mut renamed = None;
+    for (i, (o, n)) in old.columns.iter().zip(&new.columns).enumerate() {
+        if !o.decl_type.eq_ignore_ascii_case(&n.decl_type) {
+            return None;
+        }
+        if o.name != n.name {
+            if renamed.is_some() || old.columns.iter().any(|c| c.name == n.name) {
+                return None;
+            }
+            renamed = Some((i, o.name.clone(), n.name.clone()));
+        }
+    }
+    renamed
 }
 
 /// Reads a source's progress: what PostgreSQL has applied (None: never shipped here).
