@@ -451,6 +451,13 @@ impl LocalServer {
         if let Some(rx) = self.exited.take() {
             let _ = rx.recv_timeout(Duration::from_secs(10));
         }
+        // The postmaster's exit is not the end of its children: a backend that has not yet
+        // exited still holds the shared memory, and a new postmaster on this data directory
+        // then refuses to start ("pre-existing shared memory block is still in use").
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while group_has_live_process(self.pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// Stops the server with a fast shutdown and keeps its data, so it can be restarted.
@@ -511,6 +518,27 @@ impl LocalServer {
     }
 }
 
+/// Whether a process of process group `pgid` still runs (zombies, which hold no shared
+/// memory, do not count; whoever reaps them is not ours to wait for).
+fn group_has_live_process(pgid: i32) -> bool {
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    procs.flatten().any(|e| {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            return false;
+        };
+        // Fields after the command name, which is in parentheses and may contain spaces:
+        // state, ppid, pgrp, ...
+        let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+            return false;
+        };
+        let mut f = after.split_whitespace();
+        let (state, _ppid, pgrp) = (f.next(), f.next(), f.next());
+        state != Some("Z") && pgrp.and_then(|p| p.parse::<i32>().ok()) == Some(pgid)
+    })
+}
+
 fn wait_child(child: &mut Child) -> std::io::Result<()> {
     child.wait().map(|_| ())
 }
@@ -524,6 +552,36 @@ impl Drop for LocalServer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn killed_means_every_process_gone_and_it_restarts_at_once() {
+        let mut server = LocalServer::start(ServerOptions {
+            fsync: false,
+            ..ServerOptions::default()
+        })
+        .unwrap();
+        // A client session: one more backend that must be gone too.
+        let mut session = std::process::Command::new(server.bin_dir.join("psql"))
+            .args(["-X", "-q", "-d"])
+            .arg(server.url("postgres"))
+            .args(["-c", "select pg_sleep(30)"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        let pid = server.pid;
+        server.kill_and_wait();
+        assert!(
+            !group_has_live_process(pid),
+            "a process of the killed server still runs"
+        );
+        server.restart().unwrap();
+        let out = server.psql("postgres", "select 1").unwrap();
+        assert_eq!(out.trim(), "1");
+        let _ = session.kill();
+        let _ = session.wait();
+    }
 
     #[test]
     fn starts_answers_and_really_stops() {

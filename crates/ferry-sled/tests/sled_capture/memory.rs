@@ -78,19 +78,32 @@ fn a_slow_log_bounds_the_outbox_and_the_movers_batches_while_writers_wait() {
     });
 
     let done = Arc::new(AtomicBool::new(false));
+    // Inserts the writers have finished: the monitor's scan of the outbox is not a snapshot
+    // (sled's `len` walks the tree while writers insert and the mover deletes), so entries
+    // inserted during a scan can be counted besides the ones they come after.
+    let inserted = Arc::new(AtomicU64::new(0));
     let most_pending = Arc::new(AtomicU64::new(0));
     let most_in_outbox = Arc::new(AtomicU64::new(0));
     let monitor = {
         let (db, done) = (db.clone(), done.clone());
         let (most_pending, most_in_outbox) = (most_pending.clone(), most_in_outbox.clone());
+        let inserted = inserted.clone();
         let outbox = sled_db
             .open_tree(ferry_sled::outbox::OUTBOX_TREE)
             .expect("outbox");
         std::thread::spawn(move || {
             while !done.load(Ordering::SeqCst) {
                 most_pending.fetch_max(db.pending(), Ordering::SeqCst);
-                // The counter key is in the tree too.
-                most_in_outbox.fetch_max((outbox.len() as u64).saturating_sub(1), Ordering::SeqCst);
+                // The counter key is in the tree too. Entries inserted while the scan ran
+                // (finished ones, and at most one in flight per writer) are not counted
+                // against the bound.
+                let before = inserted.load(Ordering::SeqCst);
+                let scanned = outbox.len() as u64;
+                let during = inserted.load(Ordering::SeqCst) - before + WRITERS;
+                most_in_outbox.fetch_max(
+                    scanned.saturating_sub(1).saturating_sub(during),
+                    Ordering::SeqCst,
+                );
                 std::thread::yield_now();
             }
         })
@@ -98,12 +111,14 @@ fn a_slow_log_bounds_the_outbox_and_the_movers_batches_while_writers_wait() {
     let writers: Vec<_> = (0..WRITERS)
         .map(|w| {
             let t = db.open_tree(format!("t{w}")).expect("tree");
+            let inserted = inserted.clone();
             std::thread::spawn(move || {
                 let mut rng = StdRng::seed_from_u64(w);
                 for i in 0..WRITES {
                     let value: Vec<u8> = vec![w as u8; rng.random_range(0..MAX_VALUE)];
                     t.insert(i.to_be_bytes(), value)
                         .expect("a writer waits for room, it does not fail");
+                    inserted.fetch_add(1, Ordering::SeqCst);
                 }
             })
         })
