@@ -9,6 +9,7 @@
 //! machine during the run shows as the difference between the two.
 //!
 //! cargo bench -p ferry-bench --bench capture_overhead -- --measurement-time 5
+//! (FERRY_BENCH_ROUNDS=N repeats the phases N times and prints the median ratios.)
 //! (`--measurement-time` sets the seconds per phase, default 5; other arguments are ignored.)
 
 use ferry_sqlite::{CaptureOptions, RecordFile, SqliteCapture};
@@ -152,30 +153,63 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(5.0);
-    eprintln!("capture_overhead: {secs} s per phase");
-    let a1 = alone(secs);
-    eprintln!("writer alone (first):   {a1:>9.0} txn/s");
-    let (cap, n, st) = with_capture(secs);
-    eprintln!(
-        "writer with capture:    {cap:>9.0} txn/s  ({n} txn captured, {} rows; WAL resets {}, releases {}, resyncs {})",
-        st.inserts + st.updates + st.deletes,
-        st.wal_resets,
-        st.wal_bound_rounds,
-        st.resyncs
-    );
-    let trg = with_triggers(secs);
-    eprintln!("writer with triggers:   {trg:>9.0} txn/s");
-    let busy = with_busy_core(secs);
-    eprintln!(
-        "writer, other core busy:{busy:>9.0} txn/s  (control: no capture, a spinning thread)"
-    );
-    let a2 = alone(secs);
-    eprintln!("writer alone (last):    {a2:>9.0} txn/s");
-    let base = (a1 + a2) / 2.0;
-    eprintln!(
-        "ratios vs alone (mean {base:.0} txn/s): capture {:.3}, triggers {:.3}, other core busy {:.3}",
-        cap / base,
-        trg / base,
-        busy / base
-    );
+    // FERRY_BENCH_ROUNDS (default 1) repeats alone → capture → triggers → busy; every phase
+    // is compared with the mean of the "alone" phases just before and after it, so the
+    // machine's drift over the run (large on a shared machine) cancels out of each ratio.
+    let rounds: usize = std::env::var("FERRY_BENCH_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    eprintln!("capture_overhead: {secs} s per phase, {rounds} round(s)");
+    let mut ratios: [Vec<f64>; 3] = Default::default();
+    let mut before = alone(secs);
+    eprintln!("writer alone:           {before:>9.0} txn/s");
+    for _ in 0..rounds {
+        let (cap, n, st) = with_capture(secs);
+        eprintln!(
+            "writer with capture:    {cap:>9.0} txn/s  ({n} txn captured, {} rows; WAL resets {}, releases {}, resyncs {})",
+            st.inserts + st.updates + st.deletes,
+            st.wal_resets,
+            st.wal_bound_rounds,
+            st.resyncs
+        );
+        let trg = with_triggers(secs);
+        eprintln!("writer with triggers:   {trg:>9.0} txn/s");
+        let busy = with_busy_core(secs);
+        eprintln!(
+            "writer, other core busy:{busy:>9.0} txn/s  (control: no capture, a spinning thread)"
+        );
+        let after = alone(secs);
+        eprintln!("writer alone:           {after:>9.0} txn/s");
+        let base = (before + after) / 2.0;
+        for (r, v) in ratios.iter_mut().zip([cap, trg, busy]) {
+            r.push(v / base);
+        }
+        eprintln!(
+            "ratios vs alone (mean {base:.0} txn/s): capture {:.3}, triggers {:.3}, other core busy {:.3}",
+            cap / base,
+            trg / base,
+            busy / base
+        );
+        before = after;
+    }
+    if rounds > 1 {
+        let median = |v: &[f64]| {
+            let mut v = v.to_vec();
+            v.sort_by(f64::total_cmp);
+            let m = v.len() / 2;
+            if v.len() % 2 == 1 {
+                v[m]
+            } else {
+                (v[m - 1] + v[m]) / 2.0
+            }
+        };
+        eprintln!(
+            "median of {rounds} rounds: capture {:.3}, triggers {:.3}, other core busy {:.3}",
+            median(&ratios[0]),
+            median(&ratios[1]),
+            median(&ratios[2])
+        );
+    }
 }

@@ -380,6 +380,23 @@ struct Shortcut<'a> {
 /// Walks the tree at `root` in `src`, not descending into pages for which `prune` holds.
 /// Without a shortcut, cells come in key order (rowid order for table trees); with one, in
 /// no particular order.
+/// The cells of leaf pages the last incremental walks parsed, by page number, with the page
+/// they were parsed from: the next transaction's "before" walk meets the same page (the very
+/// same bytes, the same `Arc`) that this one's "after" walk parsed — a hot leaf rewritten by
+/// every small transaction is parsed once per transaction instead of twice.
+#[derive(Default)]
+struct LeafCache {
+    /// The geometry the cells were parsed with (a cell's extent depends on it).
+    geometry: Option<Geometry>,
+    leaves: HashMap<u32, (Page, Vec<LocalCell>)>,
+}
+
+/// A cell whose payload lies on its page: rowid, start, length.
+type LocalCell = (i64, u32, u32);
+
+/// Entries kept at most (a bound on memory; the cache is emptied when it is reached).
+const LEAF_CACHE_PAGES: usize = 4096;
+
 fn walk(
     src: &dyn PageSource,
     geo: &Geometry,
@@ -388,6 +405,24 @@ fn walk(
     prune: &dyn Fn(u32) -> bool,
     shortcut: Option<&Shortcut<'_>>,
 ) -> Result<Walk, DecodeError> {
+    walk_cached(src, geo, root, without_rowid, prune, shortcut, None)
+}
+
+fn walk_cached(
+    src: &dyn PageSource,
+    geo: &Geometry,
+    root: u32,
+    without_rowid: bool,
+    prune: &dyn Fn(u32) -> bool,
+    shortcut: Option<&Shortcut<'_>>,
+    mut cache: Option<&mut LeafCache>,
+) -> Result<Walk, DecodeError> {
+    if let Some(c) = cache.as_deref_mut()
+        && c.geometry.as_ref() != Some(geo)
+    {
+        c.leaves.clear();
+        c.geometry = Some(*geo);
+    }
     let mut w = Walk::default();
     let mut seen = PageSet::default();
     // In-order for table trees: children pushed right to left.
@@ -427,8 +462,28 @@ fn walk(
             }
             continue;
         }
+        if page.kind.is_leaf()
+            && let Some(c) = cache.as_deref_mut()
+            && let Some((cached, cells)) = c.leaves.get(&pg)
+            && Arc::ptr_eq(cached, &data)
+        {
+            // Parsed before from these very bytes (leaves have no children to push).
+            let idx = w.pages.len() as u32;
+            w.cells
+                .extend(cells.iter().map(|&(rowid, start, len)| CollectedCell {
+                    rowid,
+                    payload: CellBytes::Local {
+                        page: idx,
+                        start,
+                        len,
+                    },
+                }));
+            w.pages.push(data.clone());
+            continue;
+        }
         if page.kind != PageKind::TableInterior {
             let idx = w.pages.len() as u32;
+            let first_cell = w.cells.len();
             let mut borrowed = false;
             w.cells.reserve(page.cell_count);
             for i in 0..page.cell_count {
@@ -455,6 +510,25 @@ fn walk(
             }
             if borrowed {
                 w.pages.push(data.clone());
+            }
+            if page.kind.is_leaf()
+                && let Some(c) = cache.as_deref_mut()
+            {
+                let cells: Option<Vec<LocalCell>> = w.cells[first_cell..]
+                    .iter()
+                    .map(|c| match c.payload {
+                        CellBytes::Local { start, len, .. } => Some((c.rowid, start, len)),
+                        CellBytes::Owned(_) => None,
+                    })
+                    .collect();
+                // Only pages whose cells all live on the page (an overflowing cell's
+                // payload depends on other pages too).
+                if let Some(cells) = cells {
+                    if c.leaves.len() >= LEAF_CACHE_PAGES {
+                        c.leaves.clear();
+                    }
+                    c.leaves.insert(pg, (data.clone(), cells));
+                }
             }
         }
         if !page.kind.is_leaf() {
@@ -514,6 +588,7 @@ pub struct Decoder {
     pub geometry: Geometry,
     pub catalog: Catalog,
     index: TreeIndex,
+    leaf_cache: LeafCache,
 }
 
 /// The decoded effect of one transaction.
@@ -536,6 +611,7 @@ impl Decoder {
             geometry,
             catalog,
             index,
+            leaf_cache: LeafCache::default(),
         })
     }
 
@@ -721,13 +797,14 @@ impl Decoder {
             dirty_children,
         };
         let mut new_walk = if root <= after.page_count() {
-            walk(
+            walk_cached(
                 after,
                 &self.geometry,
                 root,
                 t.schema.without_rowid,
                 &clean,
                 Some(&after_shortcut),
+                Some(&mut self.leaf_cache),
             )?
         } else {
             Walk::default()
@@ -739,13 +816,14 @@ impl Decoder {
             applies: &took,
             dirty_children,
         };
-        let mut old_walk = walk(
+        let mut old_walk = walk_cached(
             before,
             &self.geometry,
             root,
             t.schema.without_rowid,
             &|p| clean(p) && reached.contains(&p),
             Some(&before_shortcut),
+            Some(&mut self.leaf_cache),
         )?;
         if !t.schema.without_rowid {
             // Shortcuts push children in no particular order; the merge wants rowid order
