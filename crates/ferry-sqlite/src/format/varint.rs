@@ -4,7 +4,18 @@
 use super::FormatError;
 
 /// Reads a varint at `offset` of `data`; returns the value and its length in bytes.
+#[inline]
 pub fn read(data: &[u8], page: u32, offset: usize) -> Result<(u64, usize), FormatError> {
+    // Most varints in a record are one byte (header sizes, serial types, small rowids).
+    if let Some(&b) = data.get(offset)
+        && b < 0x80
+    {
+        return Ok((u64::from(b), 1));
+    }
+    read_long(data, page, offset)
+}
+
+fn read_long(data: &[u8], page: u32, offset: usize) -> Result<(u64, usize), FormatError> {
     let mut v: u64 = 0;
     for i in 0..9 {
         let b = *data
