@@ -575,17 +575,23 @@ fn ddl_outcome(
         // exists): done by an earlier attempt.
         Err(e) if matches!(e.code().map(|c| c.code()), Some("42P07" | "42710")) => Ok(None),
         Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
-            Ok(Some(MapNotice {
-                table,
-                column: None,
-                message: format!(
-                    "could not run `{stmt}`: {}; skipped",
-                    e.as_db_error()
-                        .map(|d| d.message().to_string())
-                        .unwrap_or_default()
-                ),
-            }))
+            Ok(Some(skipped_ddl(table, stmt, &e)))
         }
         Err(e) => Err(PgError::pg(format!("running `{stmt}`"), e)),
+    }
+}
+
+/// The notice for a post-load statement PostgreSQL rejected (the data breaks a constraint
+/// SQLite did not enforce, say): reported, and the load goes on without it.
+pub(crate) fn skipped_ddl(table: String, stmt: &str, e: &tokio_postgres::Error) -> MapNotice {
+    MapNotice {
+        table,
+        column: None,
+        message: format!(
+            "could not run `{stmt}`: {}; skipped",
+            e.as_db_error()
+                .map(|d| d.message().to_string())
+                .unwrap_or_default()
+        ),
     }
 }

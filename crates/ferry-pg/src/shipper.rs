@@ -1089,16 +1089,7 @@ impl Shipper {
                 match tx.batch_execute(&stmt).await {
                     Ok(()) => {}
                     Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
-                        notices.push(MapNotice {
-                            table: table.clone(),
-                            column: None,
-                            message: format!(
-                                "could not run `{stmt}`: {}; skipped",
-                                e.as_db_error()
-                                    .map(|d| d.message().to_string())
-                                    .unwrap_or_default()
-                            ),
-                        });
+                        notices.push(crate::load::skipped_ddl(table.clone(), &stmt, &e));
                         tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
                             .await
                             .map_err(|e| PgError::pg("rollback to savepoint", e))?;

@@ -397,18 +397,9 @@ type LocalCell = (i64, u32, u32);
 /// Entries kept at most (a bound on memory; the cache is emptied when it is reached).
 const LEAF_CACHE_PAGES: usize = 4096;
 
+/// Walks one b-tree (see [`Walk`]); with a cache, leaves parsed before from the very same
+/// bytes are not parsed again.
 fn walk(
-    src: &dyn PageSource,
-    geo: &Geometry,
-    root: u32,
-    without_rowid: bool,
-    prune: &dyn Fn(u32) -> bool,
-    shortcut: Option<&Shortcut<'_>>,
-) -> Result<Walk, DecodeError> {
-    walk_cached(src, geo, root, without_rowid, prune, shortcut, None)
-}
-
-fn walk_cached(
     src: &dyn PageSource,
     geo: &Geometry,
     root: u32,
@@ -557,7 +548,15 @@ impl TreeIndex {
             if t.root == 0 || t.root > src.page_count() {
                 continue;
             }
-            let w = walk(src, geo, t.root, t.schema.without_rowid, &|_| false, None)?;
+            let w = walk(
+                src,
+                geo,
+                t.root,
+                t.schema.without_rowid,
+                &|_| false,
+                None,
+                None,
+            )?;
             idx.record(t.root, &w);
         }
         Ok(idx)
@@ -636,6 +635,7 @@ impl Decoder {
             t.root,
             t.schema.without_rowid,
             &|_| false,
+            None,
             None,
         )?;
         for c in &w.cells {
@@ -797,7 +797,7 @@ impl Decoder {
             dirty_children,
         };
         let mut new_walk = if root <= after.page_count() {
-            walk_cached(
+            walk(
                 after,
                 &self.geometry,
                 root,
@@ -816,7 +816,7 @@ impl Decoder {
             applies: &took,
             dirty_children,
         };
-        let mut old_walk = walk_cached(
+        let mut old_walk = walk(
             before,
             &self.geometry,
             root,
@@ -976,7 +976,15 @@ fn all_rows(
     if t.root == 0 || t.root > src.page_count() {
         return Ok(Vec::new());
     }
-    let w = walk(src, geo, t.root, t.schema.without_rowid, &|_| false, None)?;
+    let w = walk(
+        src,
+        geo,
+        t.root,
+        t.schema.without_rowid,
+        &|_| false,
+        None,
+        None,
+    )?;
     w.cells
         .iter()
         .map(|c| {

@@ -19,6 +19,17 @@ fn watching_capture(env: &Env) -> SqliteCapture {
     SqliteCapture::open(&env.db, &env.work, env.log(), opts).unwrap()
 }
 
+/// A database with a table, and a watching capture caught up with it.
+fn idle_capture() -> (Env, rusqlite::Connection, SqliteCapture) {
+    let env = Env::new();
+    let app = env.app(4096);
+    app.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
+        .unwrap();
+    let mut cap = watching_capture(&env);
+    assert!(cap.step(Duration::from_secs(5)).unwrap().caught_up);
+    (env, app, cap)
+}
+
 fn insert(c: &rusqlite::Connection, n: usize) {
     c.execute_batch("BEGIN").unwrap();
     for _ in 0..n {
@@ -39,12 +50,7 @@ fn eventually(what: &str, f: impl Fn() -> bool) {
 
 #[test]
 fn a_hint_wakes_a_waiting_capture_long_before_its_poll_interval() {
-    let env = Env::new();
-    let app = env.app(4096);
-    app.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .unwrap();
-    let mut cap = watching_capture(&env);
-    assert!(cap.step(Duration::from_secs(5)).unwrap().caught_up);
+    let (env, _app, mut cap) = idle_capture();
     let db = env.db.clone();
     let writer = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_millis(300));
@@ -89,12 +95,7 @@ fn make_busy(cap: &mut SqliteCapture, env: &Env) -> bool {
 
 #[test]
 fn a_busy_step_stops_watching_and_waiting_watches_again() {
-    let env = Env::new();
-    let app = env.app(4096);
-    app.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .unwrap();
-    let mut cap = watching_capture(&env);
-    assert!(cap.step(Duration::from_secs(5)).unwrap().caught_up);
+    let (env, _app, mut cap) = idle_capture();
     assert!(
         !cap.watch_for_changes(),
         "an idle capture keeps watching (armed when opened)"
@@ -120,12 +121,7 @@ fn a_busy_step_stops_watching_and_waiting_watches_again() {
 
 #[test]
 fn the_hint_callback_fires_once_per_step() {
-    let env = Env::new();
-    let app = env.app(4096);
-    app.execute_batch("CREATE TABLE t(id INTEGER PRIMARY KEY, v BLOB)")
-        .unwrap();
-    let mut cap = watching_capture(&env);
-    assert!(cap.step(Duration::from_secs(5)).unwrap().caught_up);
+    let (_env, app, mut cap) = idle_capture();
     let fired = Arc::new(AtomicUsize::new(0));
     let f = fired.clone();
     cap.on_change_hint(Box::new(move || {
