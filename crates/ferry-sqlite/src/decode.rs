@@ -397,6 +397,19 @@ type LocalCell = (i64, u32, u32);
 /// Entries kept at most (a bound on memory; the cache is emptied when it is reached).
 const LEAF_CACHE_PAGES: usize = 4096;
 
+/// Walks a table's whole b-tree.
+fn walk_whole(src: &dyn PageSource, geo: &Geometry, t: &TableInfo) -> Result<Walk, DecodeError> {
+    walk(
+        src,
+        geo,
+        t.root,
+        t.schema.without_rowid,
+        &|_| false,
+        None,
+        None,
+    )
+}
+
 /// Walks one b-tree (see [`Walk`]); with a cache, leaves parsed before from the very same
 /// bytes are not parsed again.
 fn walk(
@@ -548,15 +561,7 @@ impl TreeIndex {
             if t.root == 0 || t.root > src.page_count() {
                 continue;
             }
-            let w = walk(
-                src,
-                geo,
-                t.root,
-                t.schema.without_rowid,
-                &|_| false,
-                None,
-                None,
-            )?;
+            let w = walk_whole(src, geo, t)?;
             idx.record(t.root, &w);
         }
         Ok(idx)
@@ -629,15 +634,7 @@ impl Decoder {
         let Some(t) = self.catalog.tables.get(table) else {
             return Ok(());
         };
-        let w = walk(
-            src,
-            &self.geometry,
-            t.root,
-            t.schema.without_rowid,
-            &|_| false,
-            None,
-            None,
-        )?;
+        let w = walk_whole(src, &self.geometry, t)?;
         for c in &w.cells {
             let rec = decode_record(w.bytes(c), t.root, self.geometry.encoding)?;
             let values = t.layout.row(rec, c.rowid);
@@ -976,15 +973,7 @@ fn all_rows(
     if t.root == 0 || t.root > src.page_count() {
         return Ok(Vec::new());
     }
-    let w = walk(
-        src,
-        geo,
-        t.root,
-        t.schema.without_rowid,
-        &|_| false,
-        None,
-        None,
-    )?;
+    let w = walk_whole(src, geo, t)?;
     w.cells
         .iter()
         .map(|c| {
