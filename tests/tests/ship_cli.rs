@@ -93,16 +93,10 @@ async fn a_renamed_sqlite_column_is_renamed_in_postgresql_in_place() {
     .unwrap();
     round().await.unwrap();
     let client = pg.connect().await;
-    let cols: Vec<String> = client
-        .query(
-            "SELECT attname::text FROM pg_attribute WHERE attrelid = 'public.items'::regclass
-             AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            &[],
-        )
+    let cols: Vec<String> = ferry_testkit::pg::table_columns(&client, "public.items")
         .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
+        .into_iter()
+        .map(|(name, _)| name)
         .collect();
     assert_eq!(cols, ["id", "title", "qty"], "renamed in place");
     let rows: Vec<(i64, String, i64)> = client

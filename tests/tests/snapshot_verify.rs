@@ -4,11 +4,19 @@
 use ferry_e2e::{SampleApp, expect_exit, run_ferry};
 use ferry_testkit::pg::TestDb;
 
-fn ferry_async(args: Vec<String>) -> tokio::task::JoinHandle<std::process::Output> {
+/// `ferry <command> --source <source> --target <target>` (snapshot or verify), off the
+/// async runtime.
+async fn ferry_on(command: &str, source: &str, target: &str) -> std::process::Output {
+    let args: Vec<String> = [command, "--source", source, "--target", target]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
     tokio::task::spawn_blocking(move || {
         let a: Vec<&str> = args.iter().map(String::as_str).collect();
         run_ferry(&a)
     })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -33,28 +41,12 @@ async fn snapshot_then_verify_equal_then_differences_named() {
     let src = db.to_str().unwrap().to_string();
     let url = pg.url().to_string();
 
-    let out = ferry_async(vec![
-        "snapshot".into(),
-        "--source".into(),
-        src.clone(),
-        "--target".into(),
-        url.clone(),
-    ])
-    .await
-    .unwrap();
+    let out = ferry_on("snapshot", &src, &url).await;
     let stdout = expect_exit(&out, 0, "ferry snapshot");
     assert!(stdout.contains("of 4 tables"), "{stdout}");
 
-    let verify = || {
-        ferry_async(vec![
-            "verify".into(),
-            "--source".into(),
-            src.clone(),
-            "--target".into(),
-            url.clone(),
-        ])
-    };
-    let out = verify().await.unwrap();
+    let verify = || ferry_on("verify", &src, &url);
+    let out = verify().await;
     let report = expect_exit(&out, 0, "verify after snapshot");
     assert!(report.contains("equal: 4 tables"), "{report}");
 
@@ -67,7 +59,7 @@ async fn snapshot_then_verify_equal_then_differences_named() {
     )
     .await
     .unwrap();
-    let out = verify().await.unwrap();
+    let out = verify().await;
     let report = expect_exit(&out, 1, "verify after tampering");
     assert!(report.contains("different: (id=7)"), "{report}");
     assert!(
@@ -97,15 +89,7 @@ async fn verify_never_prints_the_password() {
     let url = pg
         .url()
         .replace("postgres@", &format!("{role}:s3cret-value@"));
-    let out = ferry_async(vec![
-        "verify".into(),
-        "--source".into(),
-        db.to_str().unwrap().into(),
-        "--target".into(),
-        url,
-    ])
-    .await
-    .unwrap();
+    let out = ferry_on("verify", db.to_str().unwrap(), &url).await;
     let all = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
@@ -148,30 +132,16 @@ async fn snapshot_profiles_values_in_one_read_and_picks_types_that_hold_them() {
     drop(conn);
     let src = db.to_str().unwrap().to_string();
     let url = pg.url().to_string();
-    let out = ferry_async(vec![
-        "snapshot".into(),
-        "--source".into(),
-        src.clone(),
-        "--target".into(),
-        url.clone(),
-    ])
-    .await
-    .unwrap();
+    let out = ferry_on("snapshot", &src, &url).await;
     let stdout = expect_exit(&out, 0, "ferry snapshot");
     assert!(stdout.contains("copied 9001 rows of 4 tables"), "{stdout}");
 
     let client = pg.connect().await;
-    let types: std::collections::BTreeMap<String, String> = client
-        .query(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute
-             WHERE attrelid = 'public.mixed'::regclass AND attnum > 0 AND NOT attisdropped",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let types: std::collections::BTreeMap<String, String> =
+        ferry_testkit::pg::table_columns(&client, "public.mixed")
+            .await
+            .into_iter()
+            .collect();
     // A text in the INTEGER column widens it; the DATETIME column whose every value parses
     // is a timestamp; the one with 'someday' stays text; 0/1 is boolean.
     assert_eq!(types["n"], "text", "{types:?}");
@@ -196,15 +166,7 @@ async fn snapshot_profiles_values_in_one_read_and_picks_types_that_hold_them() {
             .get(0);
         assert_eq!(got, n, "{table}");
     }
-    let out = ferry_async(vec![
-        "verify".into(),
-        "--source".into(),
-        src,
-        "--target".into(),
-        url,
-    ])
-    .await
-    .unwrap();
+    let out = ferry_on("verify", &src, &url).await;
     let report = expect_exit(&out, 0, "verify after snapshot");
     assert!(report.contains("equal: 4 tables"), "{report}");
 }
@@ -232,15 +194,7 @@ async fn snapshot_creates_the_constraints_sqlite_declares() {
     )
     .unwrap();
     drop(conn);
-    let out = ferry_async(vec![
-        "snapshot".into(),
-        "--source".into(),
-        db.to_str().unwrap().into(),
-        "--target".into(),
-        pg.url().to_string(),
-    ])
-    .await
-    .unwrap();
+    let out = ferry_on("snapshot", db.to_str().unwrap(), pg.url()).await;
     let stdout = expect_exit(&out, 0, "ferry snapshot");
     let all = format!("{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(

@@ -64,11 +64,6 @@ pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// wake-up meant for another batch is spurious, never lost (waiters re-check the durable LSN).
 const BATCH_SLOTS: usize = 4;
 
-/// Syncs that may run at once, each covering what was written before it started. One: with
-/// the write of the next batch already overlapping the sync, a second concurrent fdatasync of
-/// the same file measured no gain (ext4 on virtio, 16 and 256 producers, 2 and 3 tried).
-const MAX_CONCURRENT_SYNCS: u32 = 1;
-
 /// A batch buffer larger than this is freed after its sync instead of being reused.
 const SPARE_BUFFER_KEEP_BYTES: usize = 8 * 1024 * 1024;
 
@@ -129,8 +124,10 @@ struct WriterState {
     spare_starts: Vec<usize>,
     /// An appender holds the write role: it took a batch and the current segment.
     writing: bool,
-    /// How many appenders hold a sync role (at most [`MAX_CONCURRENT_SYNCS`]).
-    syncing: u32,
+    /// An appender holds the sync role. One at a time: with the write of the next batch
+    /// already overlapping the sync, a second concurrent fdatasync of the same file measured
+    /// no gain (ext4 on virtio, 16 and 256 producers, 2 and 3 tried).
+    syncing: bool,
     /// The highest LSN a started sync covers.
     sync_started: u64,
     /// `Log::seal` calls waiting for the roles to be free or sealing; no new role is taken
@@ -152,6 +149,7 @@ struct WriterState {
 
 /// Written frames waiting for a sync. They are all in `file` (the current segment) or in
 /// sealed segments, which were synced when sealed.
+#[derive(Clone)]
 struct Unsynced {
     file: Arc<dyn LogFile>,
     path: PathBuf,
@@ -159,17 +157,6 @@ struct Unsynced {
     written: u64,
     /// The batches below this id are written.
     batch_end: u64,
-}
-
-impl Unsynced {
-    fn snapshot(&self) -> Unsynced {
-        Unsynced {
-            file: self.file.clone(),
-            path: self.path.clone(),
-            written: self.written,
-            batch_end: self.batch_end,
-        }
-    }
 }
 
 /// A batch taken from the pending buffer by the write role (or a seal).
@@ -187,7 +174,7 @@ fn batch_slot(id: u64) -> usize {
 
 /// Written frames wait for a sync and nobody syncs (a waiting seal takes over instead).
 fn sync_available(st: &WriterState) -> bool {
-    st.syncing < MAX_CONCURRENT_SYNCS
+    !st.syncing
         && st.seal_waiting == 0
         && st
             .unsynced
@@ -277,7 +264,7 @@ impl Log {
             spare: Vec::new(),
             spare_starts: Vec::new(),
             writing: false,
-            syncing: 0,
+            syncing: false,
             sync_started: recovered.durable,
             seal_waiting: 0,
             batch_id: 0,
@@ -364,7 +351,7 @@ impl Log {
             // With no writer and no syncer at work nobody would empty a full buffer, so this
             // appender adds to it and then writes it itself.
             if st.pending.len() < MAX_PENDING_BYTES
-                || !(st.writing || st.syncing > 0 || st.seal_waiting > 0)
+                || !(st.writing || st.syncing || st.seal_waiting > 0)
             {
                 break;
             }
@@ -504,10 +491,10 @@ impl Log {
         mut st: MutexGuard<'a, WriterState>,
     ) -> Result<MutexGuard<'a, WriterState>, LogError> {
         let sh = &*self.shared;
-        st.syncing += 1;
+        st.syncing = true;
         if let SyncPolicy::Interval(every) = sh.opts.sync {
-            // Re-read the last start after every wait: a concurrent sync role may have started
-            // a sync meanwhile, and the interval counts from that one.
+            // The interval counts from the last sync; a wake-up before it is due only checks
+            // for poisoning.
             while let Some(due) = st.last_sync_started.map(|last| last + every) {
                 let now = Instant::now();
                 if now >= due || st.poisoned.is_some() {
@@ -525,9 +512,9 @@ impl Log {
             .unsynced
             .as_ref()
             .filter(|u| u.written > st.durable.max(st.sync_started))
-            .map(Unsynced::snapshot)
+            .cloned()
         else {
-            st.syncing -= 1;
+            st.syncing = false;
             return Ok(st);
         };
         st.last_sync_started = Some(Instant::now());
@@ -544,7 +531,7 @@ impl Log {
             .and_then(|()| self.published_sync(started, u.written));
 
         let mut st = lock_state(&sh.state);
-        st.syncing -= 1;
+        st.syncing = false;
         if st.seal_waiting > 0 {
             sh.advanced.notify_all();
         }
@@ -736,7 +723,7 @@ impl Log {
                 st.seal_waiting -= 1;
                 return Err(LogError::Poisoned { reason });
             }
-            if !st.writing && st.syncing == 0 {
+            if !st.writing && !st.syncing {
                 break;
             }
             st = sh.advanced.wait(st).unwrap_or_else(|p| p.into_inner());

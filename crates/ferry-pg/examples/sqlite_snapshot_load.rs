@@ -151,17 +151,6 @@ fn schemas(conn: &rusqlite::Connection) -> rusqlite::Result<(Vec<TableSchema>, V
     Ok((tables, schema_rows))
 }
 
-fn value(v: rusqlite::types::ValueRef<'_>) -> Value {
-    use rusqlite::types::ValueRef;
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(t) => Value::Text(t.to_vec()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
-
 /// Streams the snapshot of a SQLite file as records, LSN 1 = SnapshotBegin. Re-reading from
 /// an earlier LSN restarts the scan (the shipper reads the snapshot twice: profile, load).
 struct SqliteSnapshotSource {
@@ -213,7 +202,11 @@ impl SqliteSnapshotSource {
                 while let Ok(Some(r)) = rows.next() {
                     let rid = r.get::<_, Option<i64>>(0).ok().flatten();
                     let values: Vec<Value> = (1..=t.columns.len())
-                        .map(|i| r.get_ref(i).map(value).unwrap_or(Value::Null))
+                        .map(|i| {
+                            r.get_ref(i)
+                                .map(ferry_sqlite::value_of)
+                                .unwrap_or(Value::Null)
+                        })
                         .collect();
                     chunk_bytes += values.iter().map(Value::approx_size).sum::<usize>();
                     chunk.push(SnapshotRow { rowid: rid, values });

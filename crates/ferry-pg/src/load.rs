@@ -66,6 +66,9 @@ pub(crate) struct Loader {
 pub(crate) struct LoadResult {
     pub rows: BTreeMap<String, u64>,
     pub notices: Vec<String>,
+    /// The post-load statements of tables this load did not copy (no rows, or loaded by an
+    /// earlier attempt): not handed over yet.
+    pub unstarted: BTreeMap<String, Vec<String>>,
 }
 
 impl Loader {
@@ -225,7 +228,11 @@ impl Loader {
         }
         match first_err {
             Some(e) => Err(e),
-            None => Ok(LoadResult { rows, notices }),
+            None => Ok(LoadResult {
+                rows,
+                notices,
+                unstarted: self.after_load.map(|(_, s)| s).unwrap_or_default(),
+            }),
         }
     }
 }
@@ -476,7 +483,6 @@ struct DdlShared {
     permits: tokio::sync::Semaphore,
     idle: std::sync::Mutex<Vec<Client>>,
     jobs: std::sync::Mutex<tokio::task::JoinSet<Result<Option<MapNotice>, PgError>>>,
-    tables: std::sync::Mutex<BTreeSet<String>>,
 }
 
 impl DdlRunner {
@@ -498,19 +504,12 @@ impl DdlRunner {
                 permits: tokio::sync::Semaphore::new(n),
                 idle: std::sync::Mutex::new(idle),
                 jobs: std::sync::Mutex::new(tokio::task::JoinSet::new()),
-                tables: std::sync::Mutex::new(BTreeSet::new()),
             }),
         })
     }
 
-    /// Whether `table`'s statements were handed over already.
-    pub fn has_table(&self, table: &str) -> bool {
-        lock(&self.inner.tables).contains(table)
-    }
-
     /// Starts `table`'s statements; each waits for a free connection.
     pub fn spawn_table(&self, table: &str, statements: Vec<String>) {
-        lock(&self.inner.tables).insert(table.to_string());
         let mut jobs = lock(&self.inner.jobs);
         for stmt in statements {
             let shared = self.inner.clone();

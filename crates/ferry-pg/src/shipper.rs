@@ -881,14 +881,14 @@ impl Shipper {
                 _ => None,
             },
         };
-        let plan = self.post_load_plan(begin_record.as_ref());
+        let mut plan = self.post_load_plan(begin_record.as_ref());
         let ddl = if plan.per_table.is_empty() {
             None
         } else {
             let runner =
                 crate::load::DdlRunner::connect(&self.target, self.opts.load_connections.max(1))
                     .await?;
-            load.after_load(runner.clone(), plan.per_table.clone());
+            load.after_load(runner.clone(), std::mem::take(&mut plan.per_table));
             Some(runner)
         };
         // The snapshot's own row counts give the bar its total (the profile pass saw them;
@@ -986,7 +986,7 @@ impl Shipper {
                 l.step = "indexing".into();
             }
         });
-        self.finish_load(plan, ddl, end).await?;
+        self.finish_load(plan, ddl, loaded.unstarted, end).await?;
         self.update_status(|s| {
             if let Some(l) = s.load.as_mut() {
                 l.step = "done".into();
@@ -1047,20 +1047,21 @@ impl Shipper {
         plan
     }
 
-    /// After the data: the rest of the constraints and indexes (create mode), sequences,
-    /// state streaming.
+    /// After the data: the rest of the constraints and indexes (create mode: `unstarted`, the
+    /// statements of tables the load did not copy, go to `ddl` too), sequences, state
+    /// streaming.
     async fn finish_load(
         &mut self,
         plan: PostLoadPlan,
         ddl: Option<crate::load::DdlRunner>,
+        unstarted: BTreeMap<String, Vec<String>>,
         end: Lsn,
     ) -> Result<(), PgError> {
         let PostLoadPlan {
-            per_table,
             foreign_keys,
             mut notices,
+            ..
         } = plan;
-        let create = self.opts.mode == TargetMode::Create;
         let maps = self.maps.clone();
         let source_id = self.opts.source_id.clone();
         let applied = self.applied;
@@ -1069,10 +1070,8 @@ impl Shipper {
         // earlier attempt already ran finds its object and counts as done — so a crash
         // before the final transaction below just runs them again.
         if let Some(runner) = ddl {
-            for (table, stmts) in per_table {
-                if !runner.has_table(&table) {
-                    runner.spawn_table(&table, stmts);
-                }
+            for (table, stmts) in unstarted {
+                runner.spawn_table(&table, stmts);
             }
             notices.extend(runner.finish().await?);
         }
@@ -1081,21 +1080,20 @@ impl Shipper {
             .transaction()
             .await
             .map_err(|e| PgError::pg("starting the post-load transaction", e))?;
-        if create {
-            for (table, stmt) in foreign_keys {
-                tx.batch_execute("SAVEPOINT ferry_ddl")
-                    .await
-                    .map_err(|e| PgError::pg("savepoint", e))?;
-                match tx.batch_execute(&stmt).await {
-                    Ok(()) => {}
-                    Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
-                        notices.push(crate::load::skipped_ddl(table.clone(), &stmt, &e));
-                        tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
-                            .await
-                            .map_err(|e| PgError::pg("rollback to savepoint", e))?;
-                    }
-                    Err(e) => return Err(PgError::pg(format!("running `{stmt}`"), e)),
+        // Foreign keys: create mode only (empty otherwise).
+        for (table, stmt) in foreign_keys {
+            tx.batch_execute("SAVEPOINT ferry_ddl")
+                .await
+                .map_err(|e| PgError::pg("savepoint", e))?;
+            match tx.batch_execute(&stmt).await {
+                Ok(()) => {}
+                Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
+                    notices.push(crate::load::skipped_ddl(table, &stmt, &e));
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
+                        .await
+                        .map_err(|e| PgError::pg("rollback to savepoint", e))?;
                 }
+                Err(e) => return Err(PgError::pg(format!("running `{stmt}`"), e)),
             }
         }
         let seq_map = maps
@@ -1444,8 +1442,6 @@ fn check_name_collisions(maps: &BTreeMap<String, TableMap>) -> Result<(), PgErro
     Ok(())
 }
 
-/// Applies one schema change inside the batch's transaction; returns whether the maps
-/// changed. Create mode changes PostgreSQL; existing mode reports and follows by name.
 /// Existing mode: maps a SQLite table onto the PostgreSQL table the application created
 /// (`missing` is the error when there is none), records it as streaming and adds the map.
 async fn map_onto_existing(
@@ -1480,6 +1476,8 @@ async fn map_onto_existing(
     Ok(())
 }
 
+/// Applies one schema change inside the batch's transaction; returns whether the maps
+/// changed. Create mode changes PostgreSQL; existing mode reports and follows by name.
 async fn apply_schema_change(
     tx: &tokio_postgres::Transaction<'_>,
     sc: &SchemaChange,

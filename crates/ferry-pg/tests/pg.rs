@@ -126,23 +126,12 @@ async fn ship_all(url: &str, records: Vec<Record>, opts: ShipOptions) -> Result<
     Ok(shipper)
 }
 
-fn sqlite_value(v: rusqlite::types::ValueRef<'_>) -> Value {
-    use rusqlite::types::ValueRef;
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(r) => Value::Real(r),
-        ValueRef::Text(t) => Value::Text(t.to_vec()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
-
 fn sqlite_rows(conn: &rusqlite::Connection, sql: &str) -> Vec<Vec<Value>> {
     let mut stmt = conn.prepare(sql).unwrap();
     let n = stmt.column_count();
     stmt.query_map([], |r| {
         Ok((0..n)
-            .map(|i| sqlite_value(r.get_ref(i).unwrap()))
+            .map(|i| ferry_sqlite::value_of(r.get_ref(i).unwrap()))
             .collect())
     })
     .unwrap()
@@ -261,7 +250,7 @@ async fn type_round_trip_matches_sqlite() {
         .iter()
         .map(|r| {
             r.iter()
-                .map(|v| sqlite_value(rusqlite::types::ValueRef::from(v)))
+                .map(|v| ferry_sqlite::value_of(rusqlite::types::ValueRef::from(v)))
                 .collect()
         })
         .collect();
@@ -1476,21 +1465,9 @@ async fn names_filters_overrides_and_widening() {
         vec!["Order Items".to_string(), "useraccounts".into()]
     );
     let columns = |schema: &'static str, table: &'static str| {
+        let name = format!("\"{schema}\".\"{table}\"");
         let client = &client;
-        async move {
-            client
-                .query(
-                    "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
-                     WHERE attrelid = format('%I.%I', $1::text, $2::text)::regclass
-                       AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                    &[&schema, &table],
-                )
-                .await
-                .unwrap()
-                .iter()
-                .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
-                .collect::<Vec<_>>()
-        }
+        async move { ferry_testkit::pg::table_columns(client, &name).await }
     };
     let s = |a: &str, b: &str| (a.to_string(), b.to_string());
     assert_eq!(
@@ -2015,18 +1992,7 @@ async fn create_mode_follows_drop_rename_and_rebuild() {
         assert!(row_matches(&map, row, None, pg), "{row:?} vs {pg:?}");
     }
     let client = db.connect().await;
-    let cols: Vec<(String, String)> = client
-        .query(
-            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
-             WHERE attrelid = 'public.goods'::regclass AND attnum > 0 AND NOT attisdropped
-             ORDER BY attnum",
-            &[],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let cols = ferry_testkit::pg::table_columns(&client, "public.goods").await;
     let s = |a: &str, b: &str| (a.to_string(), b.to_string());
     // A renamed column is renamed in PostgreSQL too and keeps its place (its values also
     // arrive as updates, as the log's carry-over by column name sends them).
@@ -2136,13 +2102,11 @@ async fn postgres_crash_and_restart_mid_stream() {
     let mut server = tokio::task::spawn_blocking(move || {
         let mut server = server;
         // LocalServer::restart trusts the stale postmaster.pid the killed server left (it
-        // says "ready"), and on a loaded machine the new postmaster can still find the old
-        // one's shared memory in use and exit. Restart until the server answers.
+        // says "ready"). Restart until the server answers. (That the old server's processes
+        // are all gone, so the new postmaster finds its shared memory free, is
+        // `kill_and_wait`'s job.)
         for _ in 0..4 {
-            if let Err(e) = server.restart() {
-                eprintln!("restarting PostgreSQL: {e}; again");
-                continue;
-            }
+            server.restart().expect("restarting PostgreSQL");
             let deadline = Instant::now() + Duration::from_secs(15);
             while Instant::now() < deadline {
                 if server.psql("postgres", "SELECT 1").is_ok() {

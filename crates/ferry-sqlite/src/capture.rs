@@ -1314,6 +1314,19 @@ impl SqliteCapture {
         Ok(())
     }
 
+    /// The WAL's header when the WAL holds the generation the shadow's state is in (`None`:
+    /// no WAL, no header, or another generation — a release would prove nothing then).
+    fn header_of_our_generation(
+        &self,
+        state: &ShadowState,
+    ) -> Result<Option<crate::format::wal::WalHeader>, CaptureError> {
+        let Some(wal) = self.wal_file.as_ref() else {
+            return Ok(None);
+        };
+        let header = crate::wal_tail::read_header(wal).map_err(self.io_err(&self.wal_path))?;
+        Ok(header.filter(|h| state.point.salts == Some((h.salt1, h.salt2))))
+    }
+
     /// Gets out of the way of the application's blocking checkpoint. A FULL, RESTART or
     /// TRUNCATE checkpoint takes SQLite's checkpointer and writer locks, then waits in the
     /// application's busy handler for exclusive locks on read slots: to advance a read mark
@@ -1333,19 +1346,6 @@ impl SqliteCapture {
     /// while the checkpoint holds the writer lock, so normally there are none.) A wait that
     /// ran out without the checkpoint ending means something else holds it up: ferry then
     /// keeps its readers for a while before yielding again.
-    /// The WAL's header when the WAL holds the generation the shadow's state is in (`None`:
-    /// no WAL, no header, or another generation — a release would prove nothing then).
-    fn header_of_our_generation(
-        &self,
-        state: &ShadowState,
-    ) -> Result<Option<crate::format::wal::WalHeader>, CaptureError> {
-        let Some(wal) = self.wal_file.as_ref() else {
-            return Ok(None);
-        };
-        let header = crate::wal_tail::read_header(wal).map_err(self.io_err(&self.wal_path))?;
-        Ok(header.filter(|h| state.point.salts == Some((h.salt1, h.salt2))))
-    }
-
     fn yield_to_checkpoint(&mut self) -> Result<(), CaptureError> {
         if self.released.is_some() || self.held.is_none() {
             return Ok(());

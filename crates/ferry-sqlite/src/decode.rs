@@ -377,9 +377,6 @@ struct Shortcut<'a> {
     dirty_children: &'a PageMap<Vec<u32>>,
 }
 
-/// Walks the tree at `root` in `src`, not descending into pages for which `prune` holds.
-/// Without a shortcut, cells come in key order (rowid order for table trees); with one, in
-/// no particular order.
 /// The cells of leaf pages the last incremental walks parsed, by page number, with the page
 /// they were parsed from: the next transaction's "before" walk meets the same page (the very
 /// same bytes, the same `Arc`) that this one's "after" walk parsed — a hot leaf rewritten by
@@ -397,6 +394,16 @@ type LocalCell = (i64, u32, u32);
 /// Entries kept at most (a bound on memory; the cache is emptied when it is reached).
 const LEAF_CACHE_PAGES: usize = 4096;
 
+/// How a walk uses the [`LeafCache`].
+enum CacheUse<'a> {
+    Off,
+    /// Reuse what is there (a "before" walk: the old versions of pages it parses are not met
+    /// again, so they are not kept).
+    Read(&'a LeafCache),
+    /// Reuse, and keep what this walk parses (an "after" walk).
+    Keep(&'a mut LeafCache),
+}
+
 /// Walks a table's whole b-tree.
 fn walk_whole(src: &dyn PageSource, geo: &Geometry, t: &TableInfo) -> Result<Walk, DecodeError> {
     walk(
@@ -406,12 +413,14 @@ fn walk_whole(src: &dyn PageSource, geo: &Geometry, t: &TableInfo) -> Result<Wal
         t.schema.without_rowid,
         &|_| false,
         None,
-        None,
+        CacheUse::Off,
     )
 }
 
-/// Walks one b-tree (see [`Walk`]); with a cache, leaves parsed before from the very same
-/// bytes are not parsed again.
+/// Walks the tree at `root` in `src`, not descending into pages for which `prune` holds.
+/// Without a shortcut, cells come in key order (rowid order for table trees); with one, in
+/// no particular order.
+/// With a cache, leaves parsed before from the very same bytes are not parsed again.
 fn walk(
     src: &dyn PageSource,
     geo: &Geometry,
@@ -419,13 +428,16 @@ fn walk(
     without_rowid: bool,
     prune: &dyn Fn(u32) -> bool,
     shortcut: Option<&Shortcut<'_>>,
-    mut cache: Option<&mut LeafCache>,
+    mut cache: CacheUse<'_>,
 ) -> Result<Walk, DecodeError> {
-    if let Some(c) = cache.as_deref_mut()
-        && c.geometry.as_ref() != Some(geo)
-    {
-        c.leaves.clear();
-        c.geometry = Some(*geo);
+    match &mut cache {
+        CacheUse::Keep(c) if c.geometry.as_ref() != Some(geo) => {
+            c.leaves.clear();
+            c.geometry = Some(*geo);
+        }
+        // Cells parsed with another geometry are not these pages' cells.
+        CacheUse::Read(c) if c.geometry.as_ref() != Some(geo) => cache = CacheUse::Off,
+        _ => {}
     }
     let mut w = Walk::default();
     let mut seen = PageSet::default();
@@ -467,7 +479,11 @@ fn walk(
             continue;
         }
         if page.kind.is_leaf()
-            && let Some(c) = cache.as_deref_mut()
+            && let Some(c) = match &cache {
+                CacheUse::Read(c) => Some(&**c),
+                CacheUse::Keep(c) => Some(&**c),
+                CacheUse::Off => None,
+            }
             && let Some((cached, cells)) = c.leaves.get(&pg)
             && Arc::ptr_eq(cached, &data)
         {
@@ -516,7 +532,7 @@ fn walk(
                 w.pages.push(data.clone());
             }
             if page.kind.is_leaf()
-                && let Some(c) = cache.as_deref_mut()
+                && let CacheUse::Keep(c) = &mut cache
             {
                 let cells: Option<Vec<LocalCell>> = w.cells[first_cell..]
                     .iter()
@@ -801,7 +817,7 @@ impl Decoder {
                 t.schema.without_rowid,
                 &clean,
                 Some(&after_shortcut),
-                Some(&mut self.leaf_cache),
+                CacheUse::Keep(&mut self.leaf_cache),
             )?
         } else {
             Walk::default()
@@ -820,7 +836,7 @@ impl Decoder {
             t.schema.without_rowid,
             &|p| clean(p) && reached.contains(&p),
             Some(&before_shortcut),
-            Some(&mut self.leaf_cache),
+            CacheUse::Read(&self.leaf_cache),
         )?;
         if !t.schema.without_rowid {
             // Shortcuts push children in no particular order; the merge wants rowid order

@@ -2,8 +2,8 @@
 //!
 //! [`RecordSink`] is all capture needs from a log: append a batch durably and learn its LSNs,
 //! know the last durable LSN, and read back one record (to check, after a crash, which of the
-//! shadow journal's transactions the log really holds). `ferry_log::Log` implements it through [`LogSink`]
-//! binary; [`RecordFile`] is a minimal single-file implementation (length, CRC32C, payload;
+//! shadow journal's transactions the log really holds). The durable log implements it through
+//! [`LogSink`]; [`RecordFile`] is a minimal single-file implementation (length, CRC32C, payload;
 //! fsync per batch; a torn tail is cut on open) that this crate's tests and crash-test
 //! binary use, with the same durability contract.
 

@@ -74,6 +74,23 @@ pub struct TestDb {
     admin_url: String,
 }
 
+/// The columns of `table` (a name as `regclass` reads it: `public.items`, `"S"."T"`), as
+/// (name, type as `format_type` writes it), in column order.
+pub async fn table_columns(client: &tokio_postgres::Client, table: &str) -> Vec<(String, String)> {
+    client
+        .query(
+            "SELECT attname::text, format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = $1::text::regclass AND attnum > 0 AND NOT attisdropped
+             ORDER BY attnum",
+            &[&table],
+        )
+        .await
+        .unwrap_or_else(|e| panic!("columns of {table}: {e}"))
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
 impl TestDb {
     pub async fn new() -> TestDb {
         let admin_url = server_url();

@@ -74,16 +74,12 @@ fn produce(
     // Nothing asked (the sender dropped) or `false`: no summary.
     let mut order: Vec<usize> = (0..tables.len()).collect();
     if let Ok(profile) = summary.asked.recv() {
-        let answer = summarize(&conn, &tables, &schemas, profile);
-        let answer = match answer {
-            Ok((summary, weights)) => {
-                // Largest tables first: their COPY and then their index builds are the
-                // long poles, and the small tables load beside those builds.
-                order.sort_by_key(|&i| std::cmp::Reverse(weights[i]));
-                Ok(summary)
-            }
-            Err(e) => Err(e),
-        };
+        let answer = summarize(&conn, &tables, &schemas, profile).map(|(summary, weights)| {
+            // Largest tables first: their COPY and then their index builds are the long
+            // poles, and the small tables load beside those builds.
+            order.sort_by_key(|&i| std::cmp::Reverse(weights[i]));
+            summary
+        });
         let failed = answer.is_err();
         let _ = summary.answer.send(answer);
         if failed {
@@ -157,7 +153,7 @@ fn summarize(
         } else {
             Vec::new()
         };
-        let n: u64 = if profile {
+        let (n, weight) = if profile {
             let cols: Vec<String> = t.columns.iter().map(|c| sqlite_read::quote(c)).collect();
             let sql = format!(
                 "SELECT {} FROM {}",
@@ -180,19 +176,18 @@ fn summarize(
                 }
                 n += 1;
             }
-            weights.push(bytes);
-            n
+            (n, bytes)
         } else {
-            conn.query_row(
-                &format!("SELECT count(*) FROM {}", sqlite_read::quote(&t.name)),
-                [],
-                |r| r.get::<_, i64>(0),
-            )
-            .map(|n| n as u64)?
+            let n = conn
+                .query_row(
+                    &format!("SELECT count(*) FROM {}", sqlite_read::quote(&t.name)),
+                    [],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|n| n as u64)?;
+            (n, n)
         };
-        if !profile {
-            weights.push(n);
-        }
+        weights.push(weight);
         end += n.div_ceil(ROWS_PER_RECORD as u64);
         row_counts.push((t.name.clone(), n));
         if profile {
