@@ -534,20 +534,29 @@ fn walk(
             if page.kind.is_leaf()
                 && let CacheUse::Keep(c) = &mut cache
             {
-                let cells: Option<Vec<LocalCell>> = w.cells[first_cell..]
-                    .iter()
-                    .map(|c| match c.payload {
-                        CellBytes::Local { start, len, .. } => Some((c.rowid, start, len)),
-                        CellBytes::Owned(_) => None,
-                    })
-                    .collect();
+                let parsed = &w.cells[first_cell..];
                 // Only pages whose cells all live on the page (an overflowing cell's
                 // payload depends on other pages too).
-                if let Some(cells) = cells {
-                    if c.leaves.len() >= LEAF_CACHE_PAGES {
+                if parsed
+                    .iter()
+                    .all(|c| matches!(c.payload, CellBytes::Local { .. }))
+                {
+                    if c.leaves.len() >= LEAF_CACHE_PAGES && !c.leaves.contains_key(&pg) {
                         c.leaves.clear();
                     }
-                    c.leaves.insert(pg, (data.clone(), cells));
+                    // The page's previous entry (its older version) lends its buffer.
+                    let entry = c
+                        .leaves
+                        .entry(pg)
+                        .or_insert_with(|| (data.clone(), Vec::new()));
+                    entry.0 = data.clone();
+                    entry.1.clear();
+                    entry
+                        .1
+                        .extend(parsed.iter().filter_map(|c| match c.payload {
+                            CellBytes::Local { start, len, .. } => Some((c.rowid, start, len)),
+                            CellBytes::Owned(_) => None,
+                        }));
                 }
             }
         }
@@ -841,8 +850,12 @@ impl Decoder {
         if !t.schema.without_rowid {
             // Shortcuts push children in no particular order; the merge wants rowid order
             // (each leaf's run is already sorted, so this is cheap).
-            new_walk.cells.sort_by_key(|c| c.rowid);
-            old_walk.cells.sort_by_key(|c| c.rowid);
+            for cells in [&mut new_walk.cells, &mut old_walk.cells] {
+                // A walk that took no shortcut is in order already: skip the sort's buffer.
+                if !cells.is_sorted_by_key(|c| c.rowid) {
+                    cells.sort_by_key(|c| c.rowid);
+                }
+            }
         }
         diff_cells(t, t, &self.geometry, &old_walk, &new_walk, out)?;
         for &(pg, _, _) in &old_walk.visited {

@@ -528,10 +528,7 @@ fn encode_delta(prev: &[u8], cur: &[u8], out: &mut Vec<u8>) {
     let n = cur.len();
     let mut i = 0;
     while i < n {
-        // Skip equal bytes a word at a time.
-        while i + 8 <= n && prev[i..i + 8] == cur[i..i + 8] {
-            i += 8;
-        }
+        i = equal_prefix(prev, cur, i);
         while i < n && prev[i] == cur[i] {
             i += 1;
         }
@@ -557,6 +554,30 @@ fn encode_delta(prev: &[u8], cur: &[u8], out: &mut Vec<u8>) {
         i = end;
     }
     out[count_at..count_at + 4].copy_from_slice(&count.to_le_bytes());
+}
+
+/// The first position at or after `from` where `a` and `b` may differ, skipping equal bytes
+/// 32 at a time (a page rewritten by a small transaction is mostly equal to its last
+/// version); the caller compares the rest byte by byte.
+fn equal_prefix(a: &[u8], b: &[u8], from: usize) -> usize {
+    let (a, b) = (&a[from.min(a.len())..], &b[from.min(b.len())..]);
+    let mut skipped = 0;
+    for (x, y) in a.chunks_exact(32).zip(b.chunks_exact(32)) {
+        let word = |s: &[u8], k: usize| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(&s[k..k + 8]);
+            u64::from_ne_bytes(w)
+        };
+        let diff = (word(x, 0) ^ word(y, 0))
+            | (word(x, 8) ^ word(y, 8))
+            | (word(x, 16) ^ word(y, 16))
+            | (word(x, 24) ^ word(y, 24));
+        if diff != 0 {
+            break;
+        }
+        skipped += 32;
+    }
+    from + skipped
 }
 
 /// Applies ranges written by [`encode_delta`] at `b[pos..]` to `img`; returns the new
