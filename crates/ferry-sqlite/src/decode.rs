@@ -489,6 +489,7 @@ fn walk(
         {
             // Parsed before from these very bytes (leaves have no children to push).
             let idx = w.pages.len() as u32;
+            w.cells.reserve(cells.len());
             w.cells
                 .extend(cells.iter().map(|&(rowid, start, len)| CollectedCell {
                     rowid,
