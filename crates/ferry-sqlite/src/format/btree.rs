@@ -102,6 +102,7 @@ impl<'a> BtreePage<'a> {
         Ok(off)
     }
 
+    #[inline(always)]
     pub fn cell(&self, i: usize) -> Result<Cell<'a>, FormatError> {
         if self.kind == PageKind::TableLeaf
             && let Some(c) = self.local_table_leaf_cell(i)
@@ -115,7 +116,7 @@ impl<'a> BtreePage<'a> {
     /// every leaf a transaction writes: varints of at most 8 bytes and a payload that lies
     /// wholly on the page. `None` sends the cell to [`Self::any_cell`], which also names
     /// what is wrong with a malformed one; for a well-formed cell both give the same answer.
-    #[inline]
+    #[inline(always)]
     fn local_table_leaf_cell(&self, i: usize) -> Option<Cell<'a>> {
         let d = self.data;
         let ptr = self.hdr_off + 2 * i;
@@ -141,6 +142,7 @@ impl<'a> BtreePage<'a> {
         })
     }
 
+    #[inline(never)]
     fn any_cell(&self, i: usize) -> Result<Cell<'a>, FormatError> {
         let p = self.pgno;
         let d = self.data;
@@ -251,7 +253,7 @@ where
 
 /// A varint of at most 8 bytes (every payload size and every non-negative rowid below
 /// 2^56), or `None` for a 9-byte one or one that runs past `b`.
-#[inline]
+#[inline(always)]
 fn short_varint(b: &[u8]) -> Option<(u64, usize)> {
     let mut v = 0u64;
     for (i, &x) in b.iter().take(8).enumerate() {
