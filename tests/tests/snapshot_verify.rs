@@ -153,6 +153,14 @@ async fn snapshot_profiles_values_in_one_read_and_picks_types_that_hold_them() {
         stdout.contains("table \"mixed\", column \"n\"") && stdout.contains("widened to text"),
         "the widening is reported: {stdout}"
     );
+    // `mixed` was first created with its declared types without reading its values; the
+    // COPY met the first value they cannot hold (row 2500's 'someday' comes before row
+    // 2999's text), and the load started again, profiled.
+    assert!(
+        stdout.contains("table \"mixed\": column \"bad_at\" holds 'someday'")
+            && stdout.contains("every value was profiled and the load started again"),
+        "the second, profiled load is reported: {stdout}"
+    );
     for (table, n) in [
         ("mixed", 3000i64),
         ("empty", 0),
@@ -200,6 +208,11 @@ async fn snapshot_creates_the_constraints_sqlite_declares() {
     assert!(
         all.contains("orphans") && all.contains("FOREIGN KEY") && all.contains("skipped"),
         "the broken foreign key is reported: {all}"
+    );
+    // Every value fits its declared type: one load, its tables typed without a profiling read.
+    assert!(
+        !all.contains("load started again"),
+        "no second load was needed: {all}"
     );
     let client = pg.connect().await;
     let constraints: Vec<String> = client

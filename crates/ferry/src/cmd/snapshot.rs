@@ -28,6 +28,7 @@ fn produce(
     db: &std::path::Path,
     tx: SyncSender<anyhow::Result<Record>>,
     summary: SummaryChannel,
+    speculation: &Speculation,
 ) -> anyhow::Result<()> {
     let conn = sqlite_read::open_read_only(db)
         .with_context(|| format!("opening {} read-only", db.display()))?;
@@ -74,12 +75,18 @@ fn produce(
     // Nothing asked (the sender dropped) or `false`: no summary.
     let mut order: Vec<usize> = (0..tables.len()).collect();
     if let Ok(profile) = summary.asked.recv() {
-        let answer = summarize(&conn, &tables, &schemas, profile).map(|(summary, weights)| {
-            // Largest tables first: their COPY and then their index builds are the long
-            // poles, and the small tables load beside those builds.
-            order.sort_by_key(|&i| std::cmp::Reverse(weights[i]));
-            summary
-        });
+        let speculate = profile && speculation.enabled;
+        let answer = summarize(&conn, &tables, &schemas, profile, speculate).map(
+            |(summary, weights, speculated)| {
+                // Largest tables first: their COPY and then their index builds are the long
+                // poles, and the small tables load beside those builds.
+                order.sort_by_key(|&i| std::cmp::Reverse(weights[i]));
+                if let Ok(mut s) = speculation.tables.lock() {
+                    *s = speculated;
+                }
+                summary
+            },
+        );
         let failed = answer.is_err();
         let _ = summary.answer.send(answer);
         if failed {
@@ -126,6 +133,26 @@ fn produce(
     Ok(())
 }
 
+/// Whether the summary may type tables by their declarations without reading their values,
+/// and the tables it typed so (see [`typed_by_declaration`]).
+#[derive(Clone, Default)]
+struct Speculation {
+    enabled: bool,
+    tables: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
+}
+
+/// Whether a column can be created with its declared type's mapping before its values are
+/// read. Profiling would pick that same type whenever every value converts to it, and a value
+/// that does not convert stops the COPY with an error naming it, after which `run` profiles
+/// and loads again: the result is the same, and in the common case (applications that store
+/// what they declare) the profiling read of the largest tables, during which PostgreSQL has
+/// nothing to do, is gone. Not so for untyped columns (profiling makes an empty one text) or
+/// columns declared as bytes (profiling makes one that holds only text a text column).
+fn typed_by_declaration(col: &ferry_core::Column) -> bool {
+    !col.decl_type.trim().is_empty()
+        && ferry_pg::types::declared_mapping(col).0 != ferry_pg::types::PgType::Bytea
+}
+
 /// The producer's side of [`RecordSource::snapshot_summary`].
 struct SummaryChannel {
     asked: Receiver<bool>,
@@ -135,13 +162,22 @@ struct SummaryChannel {
 /// One pass over every table without materialising rows: counts them (so the records the
 /// producer will send, and the `SnapshotEnd`'s LSN, are known) and, if `profile`, feeds every
 /// value to its column's profile. Values are decoded into per-column buffers reused from row
-/// to row. Also returns each table's weight (bytes of values when profiling, else rows).
+/// to row. With `speculate`, a table whose every column is [`typed_by_declaration`] is only
+/// counted, its profiles left empty (so they choose the declared mapping), and named in the
+/// returned set. Also returns each table's weight (bytes of values when profiling, bytes of
+/// pages when speculating, else rows).
 fn summarize(
     conn: &rusqlite::Connection,
     tables: &[sqlite_read::VerifyTable],
     schemas: &[TableSchema],
     profile: bool,
-) -> anyhow::Result<(SnapshotSummary, Vec<u64>)> {
+    speculate: bool,
+) -> anyhow::Result<(
+    SnapshotSummary,
+    Vec<u64>,
+    std::collections::BTreeSet<String>,
+)> {
+    let mut speculated = std::collections::BTreeSet::new();
     let mut profiles = std::collections::BTreeMap::new();
     let mut row_counts = Vec::new();
     let mut weights = Vec::new();
@@ -153,7 +189,8 @@ fn summarize(
         } else {
             Vec::new()
         };
-        let (n, weight) = if profile {
+        let typed = speculate && schema.columns.iter().all(typed_by_declaration);
+        let (n, weight) = if profile && !typed {
             let cols: Vec<String> = t.columns.iter().map(|c| sqlite_read::quote(c)).collect();
             let sql = format!(
                 "SELECT {} FROM {}",
@@ -185,7 +222,19 @@ fn summarize(
                     |r| r.get::<_, i64>(0),
                 )
                 .map(|n| n as u64)?;
-            (n, n)
+            let bytes = if typed {
+                speculated.insert(t.name.clone());
+                conn.query_row(
+                    "SELECT coalesce(sum(pgsize), 0) FROM dbstat WHERE name = ?1",
+                    [&t.name],
+                    |r| r.get::<_, i64>(0),
+                )
+                .map(|b| b as u64)
+                .unwrap_or(n.saturating_mul(64))
+            } else {
+                n
+            };
+            (n, bytes)
         };
         weights.push(weight);
         end += n.div_ceil(ROWS_PER_RECORD as u64);
@@ -201,6 +250,7 @@ fn summarize(
             row_counts,
         },
         weights,
+        speculated,
     ))
 }
 
@@ -231,20 +281,22 @@ struct ChannelSource {
     /// Asks the producer for a summary (dropped once asked, or once rows are read).
     ask: Option<SyncSender<bool>>,
     answer: Receiver<anyhow::Result<SnapshotSummary>>,
+    speculation: Speculation,
 }
 
 impl ChannelSource {
-    fn start(db: &std::path::Path) -> ChannelSource {
+    fn start(db: &std::path::Path, speculation: Speculation) -> ChannelSource {
         let (tx, rx) = std::sync::mpsc::sync_channel(RECORDS_IN_FLIGHT);
         let (ask, asked) = std::sync::mpsc::sync_channel(1);
         let (answer_tx, answer) = std::sync::mpsc::sync_channel(1);
         let path = db.to_path_buf();
+        let producer_speculation = speculation.clone();
         let producer = std::thread::spawn(move || {
             let summary = SummaryChannel {
                 asked,
                 answer: answer_tx,
             };
-            let r = produce(&path, tx.clone(), summary);
+            let r = produce(&path, tx.clone(), summary, &producer_speculation);
             if let Err(e) = &r {
                 let _ = tx.send(Err(anyhow::anyhow!("{e:#}")));
             }
@@ -259,10 +311,16 @@ impl ChannelSource {
             last: Default::default(),
             ask: Some(ask),
             answer,
+            speculation,
         }
     }
 
     fn finish(&mut self) -> anyhow::Result<()> {
+        // A reader blocked on a full channel (the shipper stopped early) or on the summary
+        // question stops at once when these ends go.
+        let (_, closed) = std::sync::mpsc::sync_channel(0);
+        drop(std::mem::replace(&mut self.rx, closed));
+        drop(self.ask.take());
         match self.producer.take() {
             Some(p) => p
                 .join()
@@ -307,7 +365,7 @@ impl RecordSource for ChannelSource {
     ) -> Result<Vec<(Lsn, Record)>, RecordSourceError> {
         if after == Lsn::ZERO && self.next != Lsn(1) {
             // Dropping the receiver stops the old producer at its next send.
-            let mut fresh = ChannelSource::start(&self.db);
+            let mut fresh = ChannelSource::start(&self.db, self.speculation.clone());
             fresh.last = self.last.clone();
             fresh.last.store(0, std::sync::atomic::Ordering::SeqCst);
             let old = std::mem::replace(self, fresh);
@@ -370,51 +428,135 @@ pub fn run(args: SnapshotArgs) -> anyhow::Result<ExitCode> {
         .build()?;
     let source_id = ferry_core::state_dir::source_id_from_path(&args.source).0;
     let started = std::time::Instant::now();
-    let result = rt.block_on(async {
-        let target = crate::cmd::ship::target(&args.target)?;
-        let mut opts =
-            crate::cmd::ship::ship_options(&args.target, &format!("snapshot:{source_id}"));
-        opts.max_retries = 0;
-        let mut shipper = Shipper::new(target, opts)
-            .await
-            .context("connecting to PostgreSQL")?;
-        let mut source = ChannelSource::start(&args.source);
-        // The snapshot's last LSN is unknown until it is read: ship until the shipper has
-        // applied the last record the source produced.
-        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        let last = source.last.clone();
-        let status = shipper.status_handle();
-        let watcher = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-                let end = last.load(std::sync::atomic::Ordering::SeqCst);
-                let applied = status.lock().map(|s| s.applied_lsn.0).unwrap_or(0);
-                if end > 0 && applied >= end {
-                    let _ = stop_tx.send(true);
-                    return;
-                }
+    let mut retyped = None;
+    let attempt = rt.block_on(async {
+        let first = load_once(&args, &source_id, true).await?;
+        match &first.shipped {
+            // A table typed by its declarations met a value they cannot hold: what this run
+            // created goes, and the load starts again with every value profiled.
+            Err(ferry_pg::PgError::BadValue(b)) if first.speculated.contains(&b.table) => {
+                let why = format!(
+                    "table {:?}: column {:?} holds {}, which its declared type's mapping ({}) cannot hold; every value was profiled and the load started again",
+                    b.table, b.column, b.value, b.pg_type
+                );
+                tracing::info!("{why}");
+                retyped = Some(why);
+                discard_attempt(&args, &source_id).await?;
+                load_once(&args, &source_id, false).await
             }
-        });
-        let bar = crate::load_bar::spawn(shipper.status_handle());
-        let summary = shipper.run(&mut source, stop_rx).await;
-        watcher.abort();
-        bar.abort();
-        let produced = source.finish();
-        anyhow::Ok((summary, shipper.status(), produced))
-    });
-    let (summary, status, produced) = result?;
-    produced?;
-    let summary = summary.context("loading the snapshot into PostgreSQL")?;
+            _ => Ok(first),
+        }
+    })?;
+    let summary = attempt
+        .shipped
+        .context("loading the snapshot into PostgreSQL")?;
+    attempt.produced?;
     println!(
         "copied {} rows of {} tables in {:.1} s",
         summary.stats.rows_loaded,
-        status.tables.len(),
+        attempt.status.tables.len(),
         started.elapsed().as_secs_f64()
     );
-    for n in status.notices {
+    for n in retyped.into_iter().chain(attempt.status.notices) {
         println!("note: {n}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What one load of the snapshot did.
+struct Attempt {
+    shipped: Result<ferry_pg::ShipSummary, ferry_pg::PgError>,
+    status: ferry_pg::ShipStatus,
+    /// The SQLite reader's outcome (its error matters only when shipping succeeded: a
+    /// shipper that stopped stops the reader too).
+    produced: anyhow::Result<()>,
+    /// Tables created with their declared types' mappings, values unread.
+    speculated: std::collections::BTreeSet<String>,
+}
+
+async fn load_once(
+    args: &SnapshotArgs,
+    source_id: &str,
+    speculate: bool,
+) -> anyhow::Result<Attempt> {
+    let target = crate::cmd::ship::target(&args.target)?;
+    let mut opts = crate::cmd::ship::ship_options(&args.target, &format!("snapshot:{source_id}"));
+    opts.max_retries = 0;
+    let mut shipper = Shipper::new(target, opts)
+        .await
+        .context("connecting to PostgreSQL")?;
+    let speculation = Speculation {
+        enabled: speculate,
+        ..Speculation::default()
+    };
+    let mut source = ChannelSource::start(&args.source, speculation.clone());
+    // The snapshot's last LSN is unknown until it is read: ship until the shipper has
+    // applied the last record the source produced.
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let last = source.last.clone();
+    let status = shipper.status_handle();
+    let watcher = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let end = last.load(std::sync::atomic::Ordering::SeqCst);
+            let applied = status.lock().map(|s| s.applied_lsn.0).unwrap_or(0);
+            if end > 0 && applied >= end {
+                let _ = stop_tx.send(true);
+                return;
+            }
+        }
+    });
+    let bar = crate::load_bar::spawn(shipper.status_handle());
+    let shipped = shipper.run(&mut source, stop_rx).await;
+    watcher.abort();
+    bar.abort();
+    let produced = source.finish();
+    let speculated = speculation
+        .tables
+        .lock()
+        .map(|s| s.clone())
+        .unwrap_or_default();
+    Ok(Attempt {
+        shipped,
+        status: shipper.status(),
+        produced,
+        speculated,
+    })
+}
+
+/// Drops the tables a failed load created and its progress rows, so that the next load
+/// starts afresh. Only called after a load that created them itself (it asked for the
+/// summary, which only a new source does).
+async fn discard_attempt(args: &SnapshotArgs, source_id: &str) -> anyhow::Result<()> {
+    let target = crate::cmd::ship::target(&args.target)?;
+    let mut client = target.connect().await.context("connecting to PostgreSQL")?;
+    let progress_id = format!("snapshot:{source_id}");
+    let tx = client.transaction().await?;
+    let tables = tx
+        .query(
+            "SELECT target_schema, target_table FROM ferry.table_progress WHERE source_id = $1",
+            &[&progress_id],
+        )
+        .await
+        .context("reading the failed load's tables")?;
+    for row in tables {
+        let (schema, table): (String, String) = (row.get(0), row.get(1));
+        tx.batch_execute(&format!(
+            "DROP TABLE IF EXISTS {}.{} CASCADE",
+            ferry_pg::ident::quote_ident(&schema),
+            ferry_pg::ident::quote_ident(&table)
+        ))
+        .await
+        .with_context(|| format!("dropping {schema}.{table}, which the failed load created"))?;
+    }
+    tx.execute(
+        "DELETE FROM ferry.progress WHERE source_id = $1",
+        &[&progress_id],
+    )
+    .await
+    .context("forgetting the failed load's progress")?;
+    tx.commit().await.context("discarding the failed load")?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -434,7 +576,7 @@ mod tests {
         drop(conn);
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut source = ChannelSource::start(&db);
+            let mut source = ChannelSource::start(&db, Speculation::default());
             let wait = Duration::from_secs(10);
             let first = source.read_batch(Lsn::ZERO, 1, wait).map(|r| r.len());
             let again = source.read_batch(Lsn::ZERO, 1, wait);
