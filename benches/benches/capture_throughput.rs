@@ -2,6 +2,11 @@
 //! capture decodes on one core, from a WAL another connection wrote while capture held its
 //! reader. Also prints the capture process's peak RSS. Target: ≥ 40,000 small txn/s.
 //!
+//! Each iteration also times the writer that produced the WAL (one connection, the same
+//! transactions, synchronous=NORMAL: the fastest a single SQLite writer goes here) and prints
+//! decode rate / writer rate: "keeps up with the fastest single writer" as a ratio taken in
+//! the same moment, which the machine's drift does not move the way it moves either rate.
+//!
 //! cargo bench -p ferry-bench --bench capture_throughput
 
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -11,7 +16,8 @@ use std::time::{Duration, Instant};
 
 const TXNS: i64 = 20_000;
 
-fn prepare(dir: &std::path::Path) -> SqliteCapture {
+/// The capture, with the WAL it has to read, and how long the writer took to write it.
+fn prepare(dir: &std::path::Path) -> (SqliteCapture, Duration) {
     let db = dir.join("app.db");
     let c = rusqlite::Connection::open(&db).unwrap();
     c.execute_batch(
@@ -34,13 +40,14 @@ fn prepare(dir: &std::path::Path) -> SqliteCapture {
     let mut up = c
         .prepare("UPDATE events SET n = n + 1 WHERE id = ?1")
         .unwrap();
+    let t = Instant::now();
     for i in 1..=TXNS {
         c.execute_batch("BEGIN").unwrap();
         st.execute([format!("payload-{i:08}")]).unwrap();
         up.execute([i / 2 + 1]).unwrap();
         c.execute_batch("COMMIT").unwrap();
     }
-    cap
+    (cap, t.elapsed())
 }
 
 fn peak_rss_kib() -> u64 {
@@ -63,18 +70,22 @@ fn bench(c: &mut Criterion) {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
                 let dir = tempfile::tempdir().unwrap();
-                let mut cap = prepare(dir.path());
+                let (mut cap, written_in) = prepare(dir.path());
                 let t = Instant::now();
                 let step = cap.catch_up().unwrap();
                 total += t.elapsed();
                 assert_eq!(step.transactions, TXNS as u64);
+                let decode_rate = step.transactions as f64 / t.elapsed().as_secs_f64();
+                let write_rate = TXNS as f64 / written_in.as_secs_f64();
                 eprintln!(
-                    "  {} txn, {} rows in {:?}: {:.0} txn/s, {:.0} rows/s; peak RSS {} MiB",
+                    "  {} txn, {} rows in {:?}: {:.0} txn/s, {:.0} rows/s; writer {:.0} txn/s, decode/writer {:.2}; peak RSS {} MiB",
                     step.transactions,
                     step.rows,
                     t.elapsed(),
-                    step.transactions as f64 / t.elapsed().as_secs_f64(),
+                    decode_rate,
                     step.rows as f64 / t.elapsed().as_secs_f64(),
+                    write_rate,
+                    decode_rate / write_rate,
                     peak_rss_kib() / 1024
                 );
             }
