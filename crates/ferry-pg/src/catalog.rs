@@ -119,6 +119,18 @@ pub fn map_onto(
     keep_case: bool,
     problems: &mut Vec<String>,
 ) -> Option<TableMap> {
+    map_onto_with(source, table, keep_case, false, problems)
+}
+
+/// [`map_onto`], where `key_follows` says that the table's key index is built after the
+/// initial load (see [`crate::mapping::key_built_after_load`]) and need not exist yet.
+pub fn map_onto_with(
+    source: &TableSchema,
+    table: &CatalogTable,
+    keep_case: bool,
+    key_follows: bool,
+    problems: &mut Vec<String>,
+) -> Option<TableMap> {
     let mut columns = Vec::new();
     let mut key = Vec::new();
     let start_problems = problems.len();
@@ -199,7 +211,7 @@ pub fn map_onto(
         u.sort();
         u == key_targets
     });
-    if !key_targets.is_empty() && !covered {
+    if !key_targets.is_empty() && !covered && !key_follows {
         problems.push(format!(
             "{}.{} has no primary key or unique index on ({}), the key of SQLite table {:?}; ferry needs one to apply updates by key",
             table.schema,

@@ -573,6 +573,23 @@ fn ddl_outcome(
         // 42P07 duplicate_table (the index exists), 42710 duplicate_object (the constraint
         // exists): done by an earlier attempt.
         Err(e) if matches!(e.code().map(|c| c.code()), Some("42P07" | "42710")) => Ok(None),
+        // SQLite enforced its key, so rows that break it mean a damaged database or a
+        // mapping that merged distinct keys (case-folded text, say): not one to skip.
+        Err(e)
+            if e.as_db_error().is_some()
+                && !crate::error::is_transient_pg(&e)
+                && stmt.starts_with(crate::mapping::PRIMARY_KEY_INDEX) =>
+        {
+            Err(PgError::Table {
+                table,
+                reason: format!(
+                    "building its primary key after the load failed: {}; check the key column's type mapping (or the SQLite database's integrity) and load again",
+                    e.as_db_error()
+                        .map(|d| d.message().to_string())
+                        .unwrap_or_default()
+                ),
+            })
+        }
         Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
             Ok(Some(skipped_ddl(table, stmt, &e)))
         }

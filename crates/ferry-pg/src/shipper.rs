@@ -214,6 +214,9 @@ type TableStatement = (String, String);
 struct PostLoadPlan {
     /// By SQLite table name: UNIQUE constraints and indexes.
     per_table: BTreeMap<String, Vec<String>>,
+    /// `(table, statement)`: primary keys and UNIQUE constraints made of the indexes built
+    /// in `per_table`, for the final transaction (see [`mapping::attaches_index`]).
+    attach: Vec<TableStatement>,
     /// `(table, statement)`, for the final transaction.
     foreign_keys: Vec<TableStatement>,
     notices: Vec<MapNotice>,
@@ -636,7 +639,9 @@ impl Shipper {
                 }
                 for map in maps.values() {
                     if mode == TargetMode::Create || map.target_schema == "ferry" {
-                        let sql = mapping::create_table_sql(map, &mut notices);
+                        let with_key =
+                            mode != TargetMode::Create || !mapping::key_built_after_load(map);
+                        let sql = mapping::create_table_sql(map, with_key, &mut notices);
                         tx.batch_execute(&sql).await.map_err(|e| {
                             PgError::pg(format!("creating table {}", map.qualified()), e)
                         })?;
@@ -820,9 +825,15 @@ impl Shipper {
                 ));
                 continue;
             };
-            if let Some(m) =
-                catalog::map_onto(&t.source_schema, &ct, self.opts.keep_case, &mut problems)
-            {
+            if let Some(m) = catalog::map_onto_with(
+                &t.source_schema,
+                &ct,
+                self.opts.keep_case,
+                // Create mode builds the key after the rows: until the table streams,
+                // its absence is expected.
+                self.opts.mode == TargetMode::Create && t.state != TableState::Streaming,
+                &mut problems,
+            ) {
                 statuses.push(TableStatus {
                     source_table: t.source_table.clone(),
                     target: m.qualified(),
@@ -1034,12 +1045,22 @@ impl Shipper {
                 .filter(|i| i.table.eq_ignore_ascii_case(&map.source.name))
                 .cloned()
                 .collect();
-            let (fks, own): (Vec<String>, Vec<String>) =
-                mapping::post_load_statements(map, &idx, &self.maps, &mut plan.notices)
-                    .into_iter()
-                    .partition(|s| s.contains(" FOREIGN KEY "));
-            plan.foreign_keys
-                .extend(fks.into_iter().map(|s| (map.source.name.clone(), s)));
+            let mut own = Vec::new();
+            let table = &map.source.name;
+            if mapping::key_built_after_load(map) && !map.key.is_empty() {
+                let [build, attach] = mapping::primary_key_statements(map);
+                own.push(build);
+                plan.attach.push((table.clone(), attach));
+            }
+            for s in mapping::post_load_statements(map, &idx, &self.maps, &mut plan.notices) {
+                if s.contains(" FOREIGN KEY ") {
+                    plan.foreign_keys.push((table.clone(), s));
+                } else if mapping::attaches_index(&s) {
+                    plan.attach.push((table.clone(), s));
+                } else {
+                    own.push(s);
+                }
+            }
             if !own.is_empty() {
                 plan.per_table.insert(map.source.name.clone(), own);
             }
@@ -1058,6 +1079,7 @@ impl Shipper {
         end: Lsn,
     ) -> Result<(), PgError> {
         let PostLoadPlan {
+            attach,
             foreign_keys,
             mut notices,
             ..
@@ -1080,6 +1102,38 @@ impl Shipper {
             .transaction()
             .await
             .map_err(|e| PgError::pg("starting the post-load transaction", e))?;
+        // The keys and UNIQUE constraints on their built indexes, one at a time (each takes
+        // the table's exclusive lock for a moment), before the foreign keys that need them.
+        for (table, stmt) in attach {
+            tx.batch_execute("SAVEPOINT ferry_ddl")
+                .await
+                .map_err(|e| PgError::pg("savepoint", e))?;
+            match tx.batch_execute(&stmt).await {
+                Ok(()) => {}
+                Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
+                    if stmt.contains(" PRIMARY KEY ") {
+                        return Err(PgError::Table {
+                            table,
+                            reason: format!(
+                                "making the primary key after the load failed (`{stmt}`): {}",
+                                e.as_db_error()
+                                    .map(|d| d.message().to_string())
+                                    .unwrap_or_default()
+                            ),
+                        });
+                    }
+                    // 42704: the index is not there because its build failed, which
+                    // was reported with the reason.
+                    if e.code().map(|c| c.code()) != Some("42704") {
+                        notices.push(crate::load::skipped_ddl(table, &stmt, &e));
+                    }
+                    tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
+                        .await
+                        .map_err(|e| PgError::pg("rollback to savepoint", e))?;
+                }
+                Err(e) => return Err(PgError::pg(format!("running `{stmt}`"), e)),
+            }
+        }
         // Foreign keys: create mode only (empty otherwise).
         for (table, stmt) in foreign_keys {
             tx.batch_execute("SAVEPOINT ferry_ddl")
@@ -1591,7 +1645,7 @@ async fn apply_schema_change(
             tx.batch_execute(&format!("DROP TABLE IF EXISTS {} CASCADE", map.qualified()))
                 .await
                 .map_err(pg(format!("dropping a stale {}", map.qualified())))?;
-            tx.batch_execute(&mapping::create_table_sql(&map, &mut map_notices))
+            tx.batch_execute(&mapping::create_table_sql(&map, true, &mut map_notices))
                 .await
                 .map_err(pg(format!("creating table {}", map.qualified())))?;
             let mut all = maps.clone();
@@ -1787,7 +1841,7 @@ async fn alter_table(
             .map_err(pg(format!("dropping column {} of {cur}", oc.target)))?;
         }
     }
-    let create_sql = mapping::create_table_sql(&new_map, notices);
+    let create_sql = mapping::create_table_sql(&new_map, true, notices);
     for c in &new_map.columns {
         match old.columns.iter().find(|o| o.source_name == c.source_name) {
             None => {
