@@ -6,7 +6,11 @@ to users, JSON-ish text payloads, NULL reals), documents (5k rows of ~8 KiB text
 blobs: overflow pages), tags (300k, WITHOUT ROWID, composite key), settings (a table without
 a declared key). Deterministic for a given scale.
 
-usage: snapshot-vs-pgloader-gen.py <out.db> [scale=1.0]
+With a third argument `plain`, the same tables and rows without secondary indexes, UNIQUE
+or foreign keys (primary keys only): the schema the benchmark's floor has, so that ferry and
+the floor do the same work.
+
+usage: snapshot-vs-pgloader-gen.py <out.db> [scale=1.0] [plain]
 """
 import os
 import random
@@ -15,11 +19,12 @@ import sys
 
 out = sys.argv[1]
 scale = float(sys.argv[2]) if len(sys.argv) > 2 else 1.0
+plain = len(sys.argv) > 3 and sys.argv[3] == "plain"
 if os.path.exists(out):
     os.remove(out)
 rng = random.Random(42)
 db = sqlite3.connect(out)
-db.executescript("""
+schema = """
 PRAGMA journal_mode = WAL;
 CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT NOT NULL, email TEXT UNIQUE, score REAL,
                     created_at DATETIME, active BOOLEAN, avatar BLOB);
@@ -31,7 +36,13 @@ CREATE TABLE documents (id INTEGER PRIMARY KEY, title TEXT, body TEXT, data BLOB
 CREATE TABLE tags (tag TEXT NOT NULL, item_id INTEGER NOT NULL, weight REAL,
                    PRIMARY KEY (tag, item_id)) WITHOUT ROWID;
 CREATE TABLE settings (k TEXT, v TEXT);
-""")
+"""
+if plain:
+    schema = (schema.replace(" UNIQUE,", ",").replace(" REFERENCES users(id)", "")
+              .replace("CREATE INDEX events_user ON events (user_id);", "")
+              .replace("CREATE INDEX events_kind_at ON events (kind, at);", ""))
+db.executescript(schema)
+
 n_users = int(200_000 * scale)
 n_events = int(1_500_000 * scale)
 n_docs = int(5_000 * scale)

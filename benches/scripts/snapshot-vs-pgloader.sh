@@ -11,7 +11,9 @@
 # usage: benches/scripts/snapshot-vs-pgloader.sh
 # env:   PGURL (default postgresql://postgres@127.0.0.1:55432/postgres), RUNS (5), SCALE (1.0),
 #        WORK (/tmp/ferry-bench), STREAM_TXNS (30000), STREAM_ROWS (10), LAG_RATE (10000
-#        one-row transactions/s), LAG_SECONDS (10), SKIP_STREAM (set: snapshot comparison only)
+#        one-row transactions/s), LAG_SECONDS (10), SKIP_STREAM (set: snapshot comparison only),
+#        PLAIN (set: the same data without secondary indexes, UNIQUE or foreign keys, so that
+#        ferry, pgloader and the floor all build primary keys only)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PGURL=${PGURL:-postgresql://postgres@127.0.0.1:55432/postgres}
@@ -27,9 +29,9 @@ cargo build --release -q -p ferry
 LOADER=target/release/examples/sqlite_snapshot_load
 FERRY=target/release/ferry
 
-DB="$WORK/app.db"
+DB="$WORK/app${PLAIN:+-plain}.db"
 if [ ! -f "$DB.scale-$SCALE" ]; then
-  python3 benches/scripts/snapshot-vs-pgloader-gen.py "$DB" "$SCALE"
+  python3 benches/scripts/snapshot-vs-pgloader-gen.py "$DB" "$SCALE" ${PLAIN:+plain}
   touch "$DB.scale-$SCALE"
 fi
 
