@@ -2160,3 +2160,76 @@ async fn postgres_crash_and_restart_mid_stream() {
     assert_eq!(ledger as usize, fold.tables["ledger"].rows.len());
     server.stop();
 }
+
+/// Create mode copies into tables without their primary key and builds the key after the
+/// rows. Keys that SQLite kept distinct but the mapping makes equal (a text key overridden to
+/// timestamp: '2024-01-02 03:04:05' and '2024-01-02T03:04:05') cannot become a key: the load stops with an error naming the table
+/// and the reason, and the source is not marked streaming. With distinct keys the key is
+/// there, named as PostgreSQL names a declared key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn primary_keys_are_built_after_the_rows_and_a_collapsed_key_stops_the_load() {
+    let db = TestDb::new().await;
+    let codes = table(
+        "codes",
+        vec![col("code", "TEXT", 1), col("label", "TEXT", 0)],
+    );
+    let row = |code: &str, label: &str| SnapshotRow {
+        rowid: None,
+        values: vec![Value::text(code), Value::text(label)],
+    };
+    let mut o = opts("collapsed");
+    o.type_overrides
+        .insert("codes.code".into(), "timestamp".into());
+    o.max_retries = 0;
+    let records = snapshot(
+        vec![codes.clone()],
+        vec![(
+            "codes",
+            vec![
+                row("2024-01-02 03:04:05", "one"),
+                row("2024-01-02T03:04:05", "the same moment"),
+            ],
+        )],
+    );
+    let err = ship_all(db.url(), records, o)
+        .await
+        .err()
+        .expect("a collapsed key must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("codes") && msg.contains("primary key") && msg.contains("load again"),
+        "{msg}"
+    );
+    let client = db.connect().await;
+    let state: String = client
+        .query_one(
+            "SELECT state FROM ferry.progress WHERE source_id = 'collapsed'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        state, "loading",
+        "nothing may stream onto a table without its key"
+    );
+
+    let db = TestDb::new().await;
+    let records = snapshot(
+        vec![codes],
+        vec![("codes", vec![row("a", "one"), row("b", "two")])],
+    );
+    ship_all(db.url(), records, opts("distinct")).await.unwrap();
+    let key: String = db
+        .connect()
+        .await
+        .query_one(
+            "SELECT conname || ' ' || pg_get_constraintdef(oid) FROM pg_constraint
+             WHERE conrelid = 'public.codes'::regclass AND contype = 'p'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(key, "codes_pkey PRIMARY KEY (code)");
+}
