@@ -1103,52 +1103,10 @@ impl Shipper {
             .await
             .map_err(|e| PgError::pg("starting the post-load transaction", e))?;
         // The keys and UNIQUE constraints on their built indexes, one at a time (each takes
-        // the table's exclusive lock for a moment), before the foreign keys that need them.
-        for (table, stmt) in attach {
-            tx.batch_execute("SAVEPOINT ferry_ddl")
-                .await
-                .map_err(|e| PgError::pg("savepoint", e))?;
-            match tx.batch_execute(&stmt).await {
-                Ok(()) => {}
-                Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
-                    if stmt.contains(" PRIMARY KEY ") {
-                        return Err(PgError::Table {
-                            table,
-                            reason: format!(
-                                "making the primary key after the load failed (`{stmt}`): {}",
-                                e.as_db_error()
-                                    .map(|d| d.message().to_string())
-                                    .unwrap_or_default()
-                            ),
-                        });
-                    }
-                    // 42704: the index is not there because its build failed, which
-                    // was reported with the reason.
-                    if e.code().map(|c| c.code()) != Some("42704") {
-                        notices.push(crate::load::skipped_ddl(table, &stmt, &e));
-                    }
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
-                        .await
-                        .map_err(|e| PgError::pg("rollback to savepoint", e))?;
-                }
-                Err(e) => return Err(PgError::pg(format!("running `{stmt}`"), e)),
-            }
-        }
-        // Foreign keys: create mode only (empty otherwise).
-        for (table, stmt) in foreign_keys {
-            tx.batch_execute("SAVEPOINT ferry_ddl")
-                .await
-                .map_err(|e| PgError::pg("savepoint", e))?;
-            match tx.batch_execute(&stmt).await {
-                Ok(()) => {}
-                Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
-                    notices.push(crate::load::skipped_ddl(table, &stmt, &e));
-                    tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
-                        .await
-                        .map_err(|e| PgError::pg("rollback to savepoint", e))?;
-                }
-                Err(e) => return Err(PgError::pg(format!("running `{stmt}`"), e)),
-            }
+        // the table's exclusive lock for a moment), then the foreign keys that need them
+        // (create mode only: both empty otherwise).
+        for (table, stmt) in attach.into_iter().chain(foreign_keys) {
+            run_final_ddl(&tx, table, &stmt, &mut notices).await?;
         }
         let seq_map = maps
             .iter()
@@ -1451,6 +1409,45 @@ async fn pause_while_idle(stop: Option<&watch::Receiver<bool>>, left: Duration) 
 
 /// Longest idle pause: bounds how stale a stop request or new record can be.
 const IDLE_PAUSE_MAX: Duration = Duration::from_millis(50);
+
+/// One statement of the initial load's final transaction, under a savepoint: one PostgreSQL
+/// rejects (the SQLite data breaks a constraint SQLite did not enforce) is undone and
+/// reported, and the load goes on — except a primary key, which the streaming apply needs:
+/// that stops the load. An attach whose index is missing (42704) was already reported when
+/// its build failed.
+async fn run_final_ddl(
+    tx: &tokio_postgres::Transaction<'_>,
+    table: String,
+    stmt: &str,
+    notices: &mut Vec<MapNotice>,
+) -> Result<(), PgError> {
+    tx.batch_execute("SAVEPOINT ferry_ddl")
+        .await
+        .map_err(|e| PgError::pg("savepoint", e))?;
+    match tx.batch_execute(stmt).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
+            if stmt.contains(" PRIMARY KEY USING INDEX ") {
+                return Err(PgError::Table {
+                    table,
+                    reason: format!(
+                        "making the primary key after the load failed (`{stmt}`): {}",
+                        e.as_db_error()
+                            .map(|d| d.message().to_string())
+                            .unwrap_or_default()
+                    ),
+                });
+            }
+            if !(mapping::attaches_index(stmt) && e.code().map(|c| c.code()) == Some("42704")) {
+                notices.push(crate::load::skipped_ddl(table, stmt, &e));
+            }
+            tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
+                .await
+                .map_err(|e| PgError::pg("rollback to savepoint", e))
+        }
+        Err(e) => Err(PgError::pg(format!("running `{stmt}`"), e)),
+    }
+}
 
 fn is_constraint(e: &PgError) -> bool {
     matches!(e.sqlstate(), Some("23505") | Some("23503") | Some("23P01"))
