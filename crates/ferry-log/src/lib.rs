@@ -4,7 +4,7 @@
 //! dense [`Lsn`], starting at 1. [`Log::append`] returns only once the record is on stable
 //! storage; concurrent appenders share one `fdatasync` (group commit). Readers
 //! ([`Log::reader`], [`open_read_only`]) are cursors that never yield a record beyond the durable
-//! LSN. The byte layout is specified in `proto/log-format.md` and implemented in [`format`].
+//! LSN. The byte layout is specified in `proto/log-format.md` and implemented in [`format`](mod@format).
 //!
 //! Layout of a log directory (`<state-dir>/sources/<id>/log/`):
 //!

@@ -26,7 +26,7 @@
 //!   before-image. A key written and then removed within one transaction, or rewritten with
 //!   its old value, leaves no change.
 //! - The empty key sorts before every 8-byte sequence key, so the counter never shows up when
-//!   the entries are scanned from [`FIRST_SEQ_KEY`].
+//!   the entries are scanned from `FIRST_SEQ_KEY`.
 //!
 //! Entry encoding (format 1, big-endian):
 //!

@@ -1223,7 +1223,7 @@ impl SqliteCapture {
     /// written to the source.
     ///
     /// ferry waits (at most `RELEASE_WAIT`, less when nobody writes) for the restart,
-    /// watching the WAL header, then takes a reader again ([`SqliteCapture::poll_released`]),
+    /// watching the WAL header, then takes a reader again (`SqliteCapture::poll_released`),
     /// whether or not the restart came. For that window continuity is proven rather than
     /// enforced:
     /// SQLite increments salt-1 by one at every restart, so a header whose salt-1 is the old

@@ -1,6 +1,6 @@
 //! ferry's SQLite capture: reading SQLite's own files without the application's help.
 //!
-//! Layers, bottom up: [`format`] (header, b-tree pages, records, overflow, WAL: bytes to
+//! Layers, bottom up: [`format`](mod@format) (header, b-tree pages, records, overflow, WAL: bytes to
 //! structures, never trusting a byte), [`schema`] (`CREATE TABLE` to `TableSchema`),
 //! [`pages`] (database states as page sources), [`decode`] (per-transaction, per-b-tree row
 //! diffs), [`shadow`] (the page-exact copy and its journal), [`wal_tail`] (committed

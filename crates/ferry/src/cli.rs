@@ -150,7 +150,7 @@ pub struct RunArgs {
     pub target: TargetArgs,
     #[arg(long, env = "FERRY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
-    /// TOML configuration with one or more [[source]] entries.
+    /// TOML configuration with one or more `[[source]]` entries.
     #[arg(long, env = "FERRY_CONFIG")]
     pub config: Option<PathBuf>,
     /// Read-only admin HTTP endpoint (status, health, metrics).

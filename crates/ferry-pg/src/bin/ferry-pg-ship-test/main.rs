@@ -1,7 +1,7 @@
 //! Ships a deterministic record stream into PostgreSQL and exits 0 once caught up: the
 //! process the exactly-once tests kill with SIGKILL and restart.
 //!
-//! Usage: ferry-pg-ship-test <postgres-url> <source-id> <seed> <transactions> <batch-records>
+//! Usage: `ferry-pg-ship-test <postgres-url> <source-id> <seed> <transactions> <batch-records>`
 
 mod workload;
 
