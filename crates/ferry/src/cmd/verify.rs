@@ -9,8 +9,9 @@
 //! Against a live source replicated by `ferry run` (`--state-dir`), the two sides are read
 //! at different moments, so a change in flight looks like a difference. The log says which
 //! keys changed: verify notes the log's durable LSN before reading (and waits until
-//! PostgreSQL has applied it), reads, lets capture and the shipper catch up, and sets aside
-//! the differences whose keys were changed by a record in between. A key no record touched
+//! PostgreSQL has applied it), reads, waits until capture has read the source to its end
+//! after the read (the status's `source_read_at`) and PostgreSQL has applied that, and sets
+//! aside the differences whose keys were changed by a record in between. A key no record touched
 //! held one value in SQLite for the whole read and PostgreSQL had applied it, so its
 //! comparison is exact. (The cutover re-verifies the tables that changed under its fence,
 //! where nothing moves.)
@@ -108,8 +109,12 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             let l0 = log.durable_lsn()?;
             wait_for_shipped(&rf.admin_addr, l0, Duration::from_secs(120))?;
             let mut results = verify_tables(&rt, &target, &args.source, &map_opts, None)?;
-            // Let capture see what was committed while we read, and PostgreSQL apply it.
-            std::thread::sleep(Duration::from_millis(500));
+            // Every commit SQLite's read saw must be in the log before `l1` is taken, or its
+            // key would not be set aside: wait for a capture pass that began after the read
+            // and found nothing unread. (A fixed pause was not enough on a loaded machine,
+            // where capture can wait seconds for the application's checkpoint.)
+            let read_done = ferry_core::json::micros_to_rfc3339(ferry_core::now_micros());
+            wait_for_read_after(&rf.admin_addr, &read_done, Duration::from_secs(120))?;
             let l1 = log.durable_lsn()?;
             wait_for_shipped(&rf.admin_addr, l1, Duration::from_secs(120))?;
             let changed = keys_changed(log.reader(l0.next())?, l1)?;
@@ -125,6 +130,35 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// Waits until capture has read every SQLite source to its end in a pass that began at or
+/// after `instant` (RFC 3339, the format of the status's `source_read_at`, which compares as
+/// text).
+fn wait_for_read_after(admin: &str, instant: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (code, _, body) = crate::admin::http_get(admin, "/status", None)
+            .context("asking the running ferry for its position")?;
+        anyhow::ensure!(
+            code == 200,
+            "the running ferry answered /status with HTTP {code}"
+        );
+        let r: crate::status::StatusReport = serde_json::from_str(&body)?;
+        if let Some(e) = r.sources.iter().find_map(|s| s.last_error.clone()) {
+            anyhow::bail!("the running ferry reports an error: {e}");
+        }
+        if r.sources.iter().all(|s| {
+            s.kind != "sqlite" || s.source_read_at.as_deref().is_some_and(|t| t >= instant)
+        }) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "capture did not read the source to its end within {timeout:?} after verify read it"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 fn wait_for_shipped(admin: &str, lsn: Lsn, timeout: Duration) -> anyhow::Result<()> {
