@@ -573,41 +573,37 @@ fn ddl_outcome(
         // 42P07 duplicate_table (the index exists), 42710 duplicate_object (the constraint
         // exists): done by an earlier attempt.
         Err(e) if matches!(e.code().map(|c| c.code()), Some("42P07" | "42710")) => Ok(None),
-        // SQLite enforced its key, so rows that break it mean a damaged database or a
-        // mapping that merged distinct keys (case-folded text, say): not one to skip.
-        Err(e)
-            if e.as_db_error().is_some()
-                && !crate::error::is_transient_pg(&e)
-                && stmt.starts_with(crate::mapping::PRIMARY_KEY_INDEX) =>
-        {
-            Err(PgError::Table {
-                table,
-                reason: format!(
-                    "building its primary key after the load failed: {}; check the key column's type mapping (or the SQLite database's integrity) and load again",
-                    e.as_db_error()
-                        .map(|d| d.message().to_string())
-                        .unwrap_or_default()
-                ),
-            })
-        }
         Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
-            Ok(Some(skipped_ddl(table, stmt, &e)))
+            rejected_ddl(table, stmt, &e).map(Some)
         }
         Err(e) => Err(PgError::pg(format!("running `{stmt}`"), e)),
     }
 }
 
-/// The notice for a post-load statement PostgreSQL rejected (the data breaks a constraint
-/// SQLite did not enforce, say): reported, and the load goes on without it.
-pub(crate) fn skipped_ddl(table: String, stmt: &str, e: &tokio_postgres::Error) -> MapNotice {
-    MapNotice {
+/// What a post-load statement PostgreSQL rejected means: most are reported and the load goes
+/// on without them (the data breaks a constraint SQLite did not enforce, say); a primary key
+/// stops the load — SQLite enforced its key, so rows that break it mean a damaged database
+/// or a mapping that merged distinct keys, and the streaming apply needs the key.
+pub(crate) fn rejected_ddl(
+    table: String,
+    stmt: &str,
+    e: &tokio_postgres::Error,
+) -> Result<MapNotice, PgError> {
+    let why = e
+        .as_db_error()
+        .map(|d| d.message().to_string())
+        .unwrap_or_default();
+    if crate::mapping::makes_primary_key(stmt) {
+        return Err(PgError::Table {
+            table,
+            reason: format!(
+                "making its primary key after the load failed (`{stmt}`): {why}; check the key column's type mapping (or the SQLite database's integrity) and load again"
+            ),
+        });
+    }
+    Ok(MapNotice {
         table,
         column: None,
-        message: format!(
-            "could not run `{stmt}`: {}; skipped",
-            e.as_db_error()
-                .map(|d| d.message().to_string())
-                .unwrap_or_default()
-        ),
-    }
+        message: format!("could not run `{stmt}`: {why}; skipped"),
+    })
 }

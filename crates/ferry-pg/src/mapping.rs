@@ -277,7 +277,8 @@ fn default_clause(map: &TableMap, c: &ColumnMap, notices: &mut Vec<MapNotice>) -
 /// stretch. Not for ferry's own tables, nor for tables whose rows go through a staging table
 /// and an upsert by key (types that travel as text).
 pub fn key_built_after_load(map: &TableMap) -> bool {
-    map.target_schema != "ferry"
+    !map.key.is_empty()
+        && map.target_schema != "ferry"
         && !map
             .columns
             .iter()
@@ -340,24 +341,42 @@ pub fn primary_key_statements(map: &TableMap) -> [String; 2] {
     if name.len() > 63 {
         name = object_name(&map.target_table, "pkey", &cols);
     }
-    let name = quote_ident(&name);
+    constraint_on_index(map, &name, &cols, PRIMARY_KEY_INDEX, "PRIMARY KEY", "")
+}
+
+/// A constraint built as an index first: `CREATE UNIQUE INDEX` (after `mark`) takes a SHARE
+/// lock, so it builds beside the table's other indexes (`ALTER TABLE … ADD CONSTRAINT` would
+/// hold ACCESS EXCLUSIVE for the whole build); then `ALTER TABLE … ADD CONSTRAINT name
+/// <kind> USING INDEX name<suffix>` adopts it instantly.
+fn constraint_on_index(
+    map: &TableMap,
+    name: &str,
+    cols: &[String],
+    mark: &str,
+    kind: &str,
+    suffix: &str,
+) -> [String; 2] {
     let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
+    let name = quote_ident(name);
+    let table = map.qualified();
     [
         format!(
-            "{PRIMARY_KEY_INDEX}CREATE UNIQUE INDEX {name} ON {} ({})",
-            map.qualified(),
+            "{mark}CREATE UNIQUE INDEX {name} ON {table} ({})",
             list.join(", ")
         ),
-        format!(
-            "ALTER TABLE {} ADD CONSTRAINT {name} PRIMARY KEY USING INDEX {name}",
-            map.qualified()
-        ),
+        format!("ALTER TABLE {table} ADD CONSTRAINT {name} {kind} USING INDEX {name}{suffix}"),
     ]
 }
 
-/// Marks the index build of [`primary_key_statements`]: unlike other post-load statements,
-/// whose failure is reported and skipped, a key that cannot be built stops the load.
-pub const PRIMARY_KEY_INDEX: &str = "/* ferry: primary key */ ";
+/// Marks the index build of [`primary_key_statements`] (see [`makes_primary_key`]).
+const PRIMARY_KEY_INDEX: &str = "/* ferry: primary key */ ";
+
+/// Whether `stmt` is one of [`primary_key_statements`]: unlike other post-load statements,
+/// whose failure is reported and skipped, a key that cannot be made stops the load (the
+/// streaming apply needs it).
+pub fn makes_primary_key(stmt: &str) -> bool {
+    stmt.starts_with(PRIMARY_KEY_INDEX) || stmt.contains(" PRIMARY KEY USING INDEX ")
+}
 
 /// Whether `stmt` turns an index built after the load into a constraint (`ALTER TABLE …
 /// USING INDEX`). Those take an exclusive lock: two of them on one table, each holding the
@@ -549,26 +568,17 @@ pub fn parse_index(sql: &str) -> Result<IndexDef, String> {
     })
 }
 
-/// A deferrable UNIQUE constraint, built as an index first: `CREATE UNIQUE INDEX` takes a
-/// SHARE lock, so it builds beside the table's other indexes (ALTER TABLE … ADD CONSTRAINT
-/// UNIQUE would hold ACCESS EXCLUSIVE for the whole build); adopting the index is instant.
-/// One statement string, so it runs in one implicit transaction: all or nothing.
-/// A UNIQUE constraint as its index build, then the statement that makes the index the
-/// constraint (see [`attaches_index`]).
+/// A deferrable UNIQUE constraint, as its index build and the statement that makes the
+/// index the constraint (see [`constraint_on_index`]).
 fn unique_constraint_sql(map: &TableMap, name: &str, cols: &[String]) -> [String; 2] {
-    let list: Vec<String> = cols.iter().map(|c| quote_ident(c)).collect();
-    let name = quote_ident(name);
-    [
-        format!(
-            "CREATE UNIQUE INDEX {name} ON {table} ({cols})",
-            table = map.qualified(),
-            cols = list.join(", ")
-        ),
-        format!(
-            "ALTER TABLE {table} ADD CONSTRAINT {name} UNIQUE USING INDEX {name} DEFERRABLE INITIALLY DEFERRED",
-            table = map.qualified()
-        ),
-    ]
+    constraint_on_index(
+        map,
+        name,
+        cols,
+        "",
+        "UNIQUE",
+        " DEFERRABLE INITIALLY DEFERRED",
+    )
 }
 
 /// Statements run after the data: UNIQUE constraints (table-level and unique indexes on

@@ -1047,7 +1047,7 @@ impl Shipper {
                 .collect();
             let mut own = Vec::new();
             let table = &map.source.name;
-            if mapping::key_built_after_load(map) && !map.key.is_empty() {
+            if mapping::key_built_after_load(map) {
                 let [build, attach] = mapping::primary_key_statements(map);
                 own.push(build);
                 plan.attach.push((table.clone(), attach));
@@ -1411,10 +1411,8 @@ async fn pause_while_idle(stop: Option<&watch::Receiver<bool>>, left: Duration) 
 const IDLE_PAUSE_MAX: Duration = Duration::from_millis(50);
 
 /// One statement of the initial load's final transaction, under a savepoint: one PostgreSQL
-/// rejects (the SQLite data breaks a constraint SQLite did not enforce) is undone and
-/// reported, and the load goes on — except a primary key, which the streaming apply needs:
-/// that stops the load. An attach whose index is missing (42704) was already reported when
-/// its build failed.
+/// rejects is undone and handled as [`crate::load::rejected_ddl`] says. An attach whose
+/// index is missing (42704) was already reported when its build failed.
 async fn run_final_ddl(
     tx: &tokio_postgres::Transaction<'_>,
     table: String,
@@ -1427,19 +1425,11 @@ async fn run_final_ddl(
     match tx.batch_execute(stmt).await {
         Ok(()) => Ok(()),
         Err(e) if e.as_db_error().is_some() && !crate::error::is_transient_pg(&e) => {
-            if stmt.contains(" PRIMARY KEY USING INDEX ") {
-                return Err(PgError::Table {
-                    table,
-                    reason: format!(
-                        "making the primary key after the load failed (`{stmt}`): {}",
-                        e.as_db_error()
-                            .map(|d| d.message().to_string())
-                            .unwrap_or_default()
-                    ),
-                });
-            }
-            if !(mapping::attaches_index(stmt) && e.code().map(|c| c.code()) == Some("42704")) {
-                notices.push(crate::load::skipped_ddl(table, stmt, &e));
+            let index_missing =
+                mapping::attaches_index(stmt) && e.code().map(|c| c.code()) == Some("42704");
+            let notice = crate::load::rejected_ddl(table, stmt, &e)?;
+            if !index_missing {
+                notices.push(notice);
             }
             tx.batch_execute("ROLLBACK TO SAVEPOINT ferry_ddl")
                 .await

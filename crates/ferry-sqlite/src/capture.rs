@@ -1266,8 +1266,8 @@ impl SqliteCapture {
         if u64::from(state.point.frame) * frame_size < due {
             return Ok(());
         }
+        // (`release_mark` opened the wal-index the wait below probes.)
         let mark = self.release_mark(&h, state.point.frame)?;
-        self.open_wal_index()?;
         self.end_read(0)?;
         self.end_read(1)?;
         self.held = None;

@@ -404,6 +404,32 @@ enum CacheUse<'a> {
     Keep(&'a mut LeafCache),
 }
 
+/// Page `pg` of the tree at `root` parsed, checked to be of the tree's kind (table or
+/// index), and its role in the tree.
+fn tree_page<'a>(
+    pg: u32,
+    data: &'a [u8],
+    geo: &Geometry,
+    root: u32,
+    without_rowid: bool,
+) -> Result<(BtreePage<'a>, Role), DecodeError> {
+    let page = BtreePage::parse(pg, data, geo.usable)?;
+    if page.kind.is_table() == without_rowid {
+        return Err(FormatError::at(
+            pg,
+            0,
+            format!("page kind {:?} in the b-tree rooted at {root}", page.kind),
+        )
+        .into());
+    }
+    let role = if page.kind.is_leaf() {
+        Role::Leaf
+    } else {
+        Role::Interior
+    };
+    Ok((page, role))
+}
+
 /// One thing [`visit_tree`] meets: a page, with its parent and role, or a cell's payload.
 enum Visit<'a> {
     Page { pgno: u32, parent: u32, role: Role },
@@ -429,20 +455,7 @@ fn visit_tree(
             return Err(DecodeError::Cycle { root, pgno: pg });
         }
         let data = src.page(pg)?;
-        let page = BtreePage::parse(pg, &data, geo.usable)?;
-        if page.kind.is_table() == without_rowid {
-            return Err(FormatError::at(
-                pg,
-                0,
-                format!("page kind {:?} in the b-tree rooted at {root}", page.kind),
-            )
-            .into());
-        }
-        let role = if page.kind.is_leaf() {
-            Role::Leaf
-        } else {
-            Role::Interior
-        };
+        let (page, role) = tree_page(pg, &data, geo, root, without_rowid)?;
         f(Visit::Page {
             pgno: pg,
             parent,
@@ -481,19 +494,6 @@ fn visit_tree(
     Ok(())
 }
 
-/// Walks a table's whole b-tree.
-fn walk_whole(src: &dyn PageSource, geo: &Geometry, t: &TableInfo) -> Result<Walk, DecodeError> {
-    walk(
-        src,
-        geo,
-        t.root,
-        t.schema.without_rowid,
-        &|_| false,
-        None,
-        CacheUse::Off,
-    )
-}
-
 /// Walks the tree at `root` in `src`, not descending into pages for which `prune` holds.
 /// Without a shortcut, cells come in key order (rowid order for table trees); with one, in
 /// no particular order.
@@ -529,21 +529,7 @@ fn walk(
             return Err(DecodeError::Cycle { root, pgno: pg });
         }
         let data = src.page(pg)?;
-        let page = BtreePage::parse(pg, &data, geo.usable)?;
-        let expected_table = !without_rowid;
-        if page.kind.is_table() != expected_table {
-            return Err(FormatError::at(
-                pg,
-                0,
-                format!("page kind {:?} in the b-tree rooted at {root}", page.kind),
-            )
-            .into());
-        }
-        let role = if page.kind.is_leaf() {
-            Role::Leaf
-        } else {
-            Role::Interior
-        };
+        let (page, role) = tree_page(pg, &data, geo, root, without_rowid)?;
         w.visited.push((pg, parent, role));
         if !page.kind.is_leaf()
             && let Some(sc) = shortcut
@@ -623,10 +609,7 @@ fn walk(
                         c.leaves.clear();
                     }
                     // The page's previous entry (its older version) lends its buffer.
-                    let entry = c
-                        .leaves
-                        .entry(pg)
-                        .or_insert_with(|| (data.clone(), Vec::new()));
+                    let entry = c.leaves.entry(pg).or_default();
                     entry.0 = data.clone();
                     entry.1.clear();
                     entry
@@ -748,15 +731,9 @@ impl Decoder {
         let Some(t) = self.catalog.tables.get(table) else {
             return Ok(());
         };
-        let geo = self.geometry;
-        visit_tree(src, &geo, t.root, t.schema.without_rowid, &mut |v| {
-            if let Visit::Cell { rowid, payload } = v {
-                let rec = decode_record(payload, t.root, geo.encoding)?;
-                let values = t.layout.row(rec, rowid);
-                let rowid = (!t.schema.without_rowid).then_some(rowid);
-                f(SnapshotRow { rowid, values })?;
-            }
-            Ok(())
+        for_each_row(src, &self.geometry, t, &mut |rowid, values| {
+            let rowid = (!t.schema.without_rowid).then_some(rowid);
+            f(SnapshotRow { rowid, values })
         })
     }
 
@@ -1093,14 +1070,29 @@ fn all_rows(
     if t.root == 0 || t.root > src.page_count() {
         return Ok(Vec::new());
     }
-    let w = walk_whole(src, geo, t)?;
-    w.cells
-        .iter()
-        .map(|c| {
-            let rec = decode_record(w.bytes(c), t.root, geo.encoding)?;
-            Ok((c.rowid, t.layout.row(rec, c.rowid)))
-        })
-        .collect()
+    let mut rows = Vec::new();
+    for_each_row(src, geo, t, &mut |rowid, row| {
+        rows.push((rowid, row));
+        Ok(())
+    })?;
+    Ok(rows)
+}
+
+/// Every row of table `t` in `src` as (rowid, values), in [`visit_tree`]'s order, a page at
+/// a time.
+fn for_each_row(
+    src: &dyn PageSource,
+    geo: &Geometry,
+    t: &TableInfo,
+    f: &mut dyn FnMut(i64, Vec<Value>) -> Result<(), DecodeError>,
+) -> Result<(), DecodeError> {
+    visit_tree(src, geo, t.root, t.schema.without_rowid, &mut |v| {
+        if let Visit::Cell { rowid, payload } = v {
+            let rec = decode_record(payload, t.root, geo.encoding)?;
+            f(rowid, t.layout.row(rec, rowid))?;
+        }
+        Ok(())
+    })
 }
 
 /// Compares a table in full: the before rows (carried over to the new definition by column

@@ -300,11 +300,10 @@ impl Shadow {
         self.checkpoint()
     }
 
-    /// Step 1: journal a batch durably. Returns the bytes appended.
-    pub fn journal_batch(&mut self, entries: &[JournalEntry<'_>]) -> Result<u64, ShadowError> {
-        let n = self.append_journal(entries)?;
-        self.journal_bytes += n;
-        Ok(n)
+    /// Step 1: journal a batch durably.
+    pub fn journal_batch(&mut self, entries: &[JournalEntry<'_>]) -> Result<(), ShadowError> {
+        self.journal_bytes += self.append_journal(entries)?;
+        Ok(())
     }
 
     fn append_journal(&self, entries: &[JournalEntry<'_>]) -> Result<u64, ShadowError> {
@@ -388,6 +387,11 @@ impl Shadow {
         }
         self.db.sync_data().map_err(self.io(&self.db_path))?;
         self.write_state(state)?;
+        self.empty_journal()
+    }
+
+    /// Truncates the journal: nothing since the last checkpoint remains to redo.
+    fn empty_journal(&mut self) -> Result<(), ShadowError> {
         let jpath = self.dir.join("shadow.journal");
         self.journal.set_len(0).map_err(self.io(&jpath))?;
         self.journal_bytes = 0;
@@ -452,11 +456,7 @@ impl Shadow {
         }
         self.state = None;
         self.db.set_len(0).map_err(self.io(&self.db_path))?;
-        let jpath = self.dir.join("shadow.journal");
-        self.journal.set_len(0).map_err(self.io(&jpath))?;
-        self.journal_bytes = 0;
-        self.unsynced_since = None;
-        Ok(())
+        self.empty_journal()
     }
 
     pub fn finish_snapshot(&mut self, state: ShadowState) -> Result<(), ShadowError> {

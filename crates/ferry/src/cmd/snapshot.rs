@@ -480,7 +480,7 @@ async fn load_once(
     speculate: bool,
 ) -> anyhow::Result<Attempt> {
     let target = crate::cmd::ship::target(&args.target)?;
-    let mut opts = crate::cmd::ship::ship_options(&args.target, &format!("snapshot:{source_id}"));
+    let mut opts = crate::cmd::ship::ship_options(&args.target, &progress_id(source_id));
     opts.max_retries = 0;
     let mut shipper = Shipper::new(target, opts)
         .await
@@ -524,13 +524,18 @@ async fn load_once(
     })
 }
 
+/// The `ferry.progress` key of a one-shot snapshot of the source `source_id`.
+fn progress_id(source_id: &str) -> String {
+    format!("snapshot:{source_id}")
+}
+
 /// Drops the tables a failed load created and its progress rows, so that the next load
 /// starts afresh. Only called after a load that created them itself (it asked for the
 /// summary, which only a new source does).
 async fn discard_attempt(args: &SnapshotArgs, source_id: &str) -> anyhow::Result<()> {
     let target = crate::cmd::ship::target(&args.target)?;
     let mut client = target.connect().await.context("connecting to PostgreSQL")?;
-    let progress_id = format!("snapshot:{source_id}");
+    let progress_id = progress_id(source_id);
     let tx = client.transaction().await?;
     let tables = tx
         .query(
@@ -540,7 +545,7 @@ async fn discard_attempt(args: &SnapshotArgs, source_id: &str) -> anyhow::Result
         .await
         .context("reading the failed load's tables")?;
     for row in tables {
-        let (schema, table): (String, String) = (row.get(0), row.get(1));
+        let (schema, table): (String, String) = (row.try_get(0)?, row.try_get(1)?);
         tx.batch_execute(&format!(
             "DROP TABLE IF EXISTS {}.{} CASCADE",
             ferry_pg::ident::quote_ident(&schema),

@@ -136,32 +136,31 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
 /// after `instant` (RFC 3339, the format of the status's `source_read_at`, which compares as
 /// text).
 fn wait_for_read_after(admin: &str, instant: &str, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let (code, _, body) = crate::admin::http_get(admin, "/status", None)
-            .context("asking the running ferry for its position")?;
-        anyhow::ensure!(
-            code == 200,
-            "the running ferry answered /status with HTTP {code}"
-        );
-        let r: crate::status::StatusReport = serde_json::from_str(&body)?;
-        if let Some(e) = r.sources.iter().find_map(|s| s.last_error.clone()) {
-            anyhow::bail!("the running ferry reports an error: {e}");
-        }
-        if r.sources.iter().all(|s| {
-            s.kind != "sqlite" || s.source_read_at.as_deref().is_some_and(|t| t >= instant)
-        }) {
-            return Ok(());
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "capture did not read the source to its end within {timeout:?} after verify read it"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_status(
+        admin,
+        timeout,
+        "capture to read the source to its end after verify read it",
+        |s| s.kind != "sqlite" || s.source_read_at.as_deref().is_some_and(|t| t >= instant),
+    )
 }
 
 fn wait_for_shipped(admin: &str, lsn: Lsn, timeout: Duration) -> anyhow::Result<()> {
+    wait_for_status(
+        admin,
+        timeout,
+        &format!("PostgreSQL to reach LSN {lsn}"),
+        |s| s.shipped_lsn >= lsn.0,
+    )
+}
+
+/// Polls the running ferry's `/status` until every source satisfies `done`; a source in
+/// error or the timeout ends the wait with an error naming `what`.
+fn wait_for_status(
+    admin: &str,
+    timeout: Duration,
+    what: &str,
+    done: impl Fn(&crate::status::SourceStatus) -> bool,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         let (code, _, body) = crate::admin::http_get(admin, "/status", None)
@@ -174,13 +173,10 @@ fn wait_for_shipped(admin: &str, lsn: Lsn, timeout: Duration) -> anyhow::Result<
         if let Some(e) = r.sources.iter().find_map(|s| s.last_error.clone()) {
             anyhow::bail!("the running ferry reports an error: {e}");
         }
-        if r.sources.iter().all(|s| s.shipped_lsn >= lsn.0) {
+        if r.sources.iter().all(&done) {
             return Ok(());
         }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "PostgreSQL did not reach LSN {lsn} within {timeout:?}"
-        );
+        anyhow::ensure!(Instant::now() < deadline, "waited {timeout:?} for {what}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
