@@ -39,4 +39,4 @@ pub use shipper::{
     DEFAULT_LOAD_CONNECTIONS, ShipOptions, Shipper, TargetMode, read_progress,
 };
 pub use status::{LoadProgress, ShipStats, ShipStatus, ShipSummary, TableStatus};
-pub use verify::{TargetRow, TargetRowReader, row_matches};
+pub use verify::{TargetRow, TargetRowReader, row_matches, rows_with_keys};

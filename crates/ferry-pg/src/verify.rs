@@ -139,6 +139,104 @@ impl TargetRowReader {
     }
 }
 
+/// The rows of a mapped table whose keys are among `keys` (SQLite key values, in key order
+/// of the map), read by key in one statement per `chunk` keys: the cutover compares only what
+/// changed since its full pre-verify, so its write pause does not grow with the table. A key
+/// that cannot be converted to the column's type cannot be in PostgreSQL and is not asked for.
+/// Rows come back in no particular order.
+pub async fn rows_with_keys<C: GenericClient>(
+    client: &C,
+    map: &TableMap,
+    keys: &[Vec<Value>],
+    chunk: usize,
+) -> Result<Vec<TargetRow>, PgError> {
+    let m = map;
+    let cols: Vec<String> = m
+        .columns
+        .iter()
+        .map(|c| select_expr(&c.pg_type, &c.target))
+        .collect();
+    let key_exprs: Vec<String> = m
+        .key
+        .iter()
+        .map(|&k| {
+            let c = &m.columns[k];
+            match c.pg_type {
+                PgType::Other(_) => format!("{}::text", quote_ident(&c.target)),
+                _ => quote_ident(&c.target),
+            }
+        })
+        .collect();
+    let arrays: Vec<String> = m
+        .key
+        .iter()
+        .enumerate()
+        .map(|(i, &k)| {
+            let c = &m.columns[k];
+            let element = match c.pg_type {
+                PgType::Other(_) => "text".to_string(),
+                ref t => t.sql_name(),
+            };
+            format!("${}::{element}[]", i + 1)
+        })
+        .collect();
+    let sql = format!(
+        "SELECT {} FROM {} WHERE ({}) IN (SELECT * FROM unnest({}))",
+        cols.join(", "),
+        m.qualified(),
+        key_exprs.join(", "),
+        arrays.join(", ")
+    );
+    let stmt = client
+        .prepare(&sql)
+        .await
+        .map_err(|e| PgError::pg(format!("reading {} by key for verify", m.qualified()), e))?;
+    let mut out = Vec::with_capacity(keys.len());
+    for part in keys.chunks(chunk.max(1)) {
+        // One array per key column; keys whose values PostgreSQL cannot hold are left out.
+        let mut columns: Vec<Vec<Datum>> = vec![Vec::with_capacity(part.len()); m.key.len()];
+        'keys: for key in part {
+            let mut datums = Vec::with_capacity(m.key.len());
+            for (pos, &k) in m.key.iter().enumerate() {
+                let c = &m.columns[k];
+                let Some(v) = key.get(pos) else {
+                    continue 'keys;
+                };
+                match c.pg_type.convert(v, c.affinity) {
+                    Ok(Datum::Null) | Err(_) => continue 'keys,
+                    Ok(d) => datums.push(d),
+                }
+            }
+            for (column, d) in columns.iter_mut().zip(datums) {
+                column.push(d);
+            }
+        }
+        if columns.first().is_none_or(Vec::is_empty) {
+            continue;
+        }
+        let params: Vec<&(dyn ToSql + Sync)> = columns
+            .iter()
+            .map(|c| c as &(dyn ToSql + Sync))
+            .collect();
+        let rows = client
+            .query(&stmt, &params)
+            .await
+            .map_err(|e| PgError::pg(format!("reading {} by key for verify", m.qualified()), e))?;
+        for r in &rows {
+            let mut datums = Vec::with_capacity(m.columns.len());
+            for i in 0..m.columns.len() {
+                let d: Datum = r
+                    .try_get(i)
+                    .map_err(|e| PgError::pg(format!("decoding a row of {}", m.qualified()), e))?;
+                datums.push(d);
+            }
+            let key: Vec<Value> = m.key.iter().map(|&k| datums[k].to_value()).collect();
+            out.push((key, datums));
+        }
+    }
+    Ok(out)
+}
+
 /// Whether a SQLite row (full image; `rowid` for rowid-keyed tables) equals a row read back
 /// from PostgreSQL, by the shipper's conversion rule.
 pub fn row_matches(map: &TableMap, sqlite_row: &[Value], rowid: Option<i64>, pg: &[Datum]) -> bool {
