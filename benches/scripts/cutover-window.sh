@@ -46,6 +46,17 @@ for i in $(seq 1 "$runs"); do
   stall=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["longest_stall_ms"])' "$d/app.json")
   printf "%-4s %10s %12s %14.1f %14.1f\n" "$i" "$loaded" "${window:-FAILED}" "$stall" "$(python3 -c "print($stall - ${window:-0})")"
   echo "$window $stall" >>"$results"
+  # Stalls of the writer longer than 100 ms, with when they began relative to the fence.
+  python3 - "$d/app.json" "$out" <<'PY'
+import datetime, json, re, sys
+app = json.load(open(sys.argv[1]))
+m = re.search(r'"fenced_at":\s*"([^"]+)"', sys.argv[2]) or re.search(r'fenced at (\S+)', sys.argv[2])
+fence = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp() if m else None
+for s in sorted(app["stalls"], key=lambda s: s["began_unix_micros"]):
+    if s["ms"] >= 100:
+        rel = f"{s['began_unix_micros'] / 1e6 - fence:+.2f} s from the fence" if fence else ""
+        print(f"     stall {s['ms']:.0f} ms {rel}")
+PY
   kill -TERM "$run"; wait "$run" || true
   rm -rf "$d"
   psql "$FERRY_TEST_PG_URL" -qc "DROP DATABASE IF EXISTS $dbname" >/dev/null

@@ -53,6 +53,23 @@ impl<K> Default for Comparison<K> {
 }
 
 impl<K> Comparison<K> {
+    /// Adds the differences of `other`, a comparison of some keys again (not its row counts:
+    /// those rows are already counted here).
+    pub fn absorb_differences(&mut self, other: Comparison<K>) {
+        self.missing += other.missing;
+        self.extra += other.extra;
+        self.different += other.different;
+        for (list, more) in [
+            (&mut self.first_missing, other.first_missing),
+            (&mut self.first_extra, other.first_extra),
+            (&mut self.first_different, other.first_different),
+        ] {
+            let room = EXAMPLE_KEYS.saturating_sub(list.len());
+            list.extend(more.into_iter().take(room));
+        }
+        self.differing_keys.extend(other.differing_keys);
+    }
+
     pub fn is_equal(&self) -> bool {
         self.missing == 0 && self.extra == 0 && self.different == 0
     }

@@ -221,6 +221,15 @@ pub struct VerifyArgs {
     /// consistent position while the application writes.
     #[arg(long, env = "FERRY_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Which source of the state directory this database is (default: its only source).
+    #[arg(long, requires = "state_dir")]
+    pub source_id: Option<String>,
+    /// Compare only these tables (repeatable or comma-separated; the source's `include`).
+    #[arg(long, value_delimiter = ',')]
+    pub include: Vec<String>,
+    /// Leave these tables out (repeatable or comma-separated; the source's `exclude`).
+    #[arg(long, value_delimiter = ',')]
+    pub exclude: Vec<String>,
 }
 
 #[derive(Args, Debug)]

@@ -2,15 +2,18 @@
 //!
 //! Order of operations, and why:
 //! 1. **pre-verify** every table at the current position, while the application still
-//!    writes (so the long part happens before any write pause); tables that differ are
-//!    re-checked once the lag drains (a change in flight is not a difference);
+//!    writes (so the long part happens before any write pause); a difference whose key
+//!    changed while it read is set aside (a change in flight), every other one stops the
+//!    cutover. Then, still live, the rows changed during that read are compared by key, round
+//!    after round, until about a second's worth of keys is left;
 //! 2. **catch up** until the lag is below the bound, so the drain under the fence is short;
 //! 3. **fence** every source at once (SQLite's write lock; the application's writers wait);
 //!    from here on, a failure before the switch releases the fences and leaves the
 //!    application on SQLite, as it was;
 //! 4. **drain**: capture reads everything committed before the fence; the shipper applies it;
-//! 5. **verify under the fence**: row counts of every table, and a full comparison of every
-//!    table that changed since the pre-verify (`full`: of every table);
+//! 5. **verify under the fence**: row counts of every table, and a comparison by key of every
+//!    row changed since the last live comparison (`full`, or a schema change: every row). The
+//!    pause therefore grows with the write rate, not with the size of the tables;
 //! 6. **sequences** move past the highest ids, so the application's next insert on
 //!    PostgreSQL gets a fresh id;
 //! 7. **switch**: the client runs the operator's command; on its success the fence stays
@@ -26,7 +29,7 @@ use crate::status::SourceState;
 use anyhow::Context;
 use ferry_core::{CutoverRecord, Lsn, Record};
 use ferry_pg::mapping::MapOptions;
-use std::collections::BTreeSet;
+use crate::cmd::verify::{ChangedKeys, Rows};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -134,21 +137,27 @@ fn map_options(src: &SourceRuntime) -> MapOptions {
     }
 }
 
-/// Runs verify for one source on a thread of its own (verify drives its own runtime).
+/// Runs verify for one source on a thread of its own (verify drives its own runtime): every
+/// row of the tables the source ships, or (`keys`) only those keys.
 async fn verify_source(
     ctx: &RunContext,
     src: &SourceRuntime,
-    only: Option<Vec<String>>,
+    keys: Option<ChangedKeys>,
 ) -> anyhow::Result<Vec<crate::cmd::verify::TableResult>> {
     let target = ctx.target.clone();
     let path = src.path.clone();
     let opts = map_options(src);
+    let filter = src.ship_options.clone();
     tokio::task::spawn_blocking(move || {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()?;
-        crate::cmd::verify::verify_tables(&rt, &target, &path, &opts, only.as_deref())
+        let rows = match &keys {
+            Some(k) => Rows::Keys(k),
+            None => Rows::All,
+        };
+        crate::cmd::verify::verify_tables(&rt, &target, &path, &opts, &|t| filter.includes(t), rows)
     })
     .await?
 }
@@ -197,23 +206,66 @@ async fn wait_applied(src: &SourceRuntime, lsn: Lsn, timeout: Duration) -> anyho
     Ok(())
 }
 
-/// Tables touched by the records in (from, to].
-fn tables_changed(src: &SourceRuntime, from: Lsn, to: Lsn) -> anyhow::Result<BTreeSet<String>> {
-    let mut out = BTreeSet::new();
+/// Keys changed by the records in (from, to], per table (schema changes included: a table
+/// whose schema changed is compared whole).
+fn keys_changed_between(src: &SourceRuntime, from: Lsn, to: Lsn) -> anyhow::Result<ChangedKeys> {
     if to <= from {
-        return Ok(out);
+        return Ok(ChangedKeys::new());
+    }
+    crate::cmd::verify::keys_changed(src.log.reader(from.next())?, to)
+}
+
+/// Whether the records in (from, to] changed a table's schema (the compare by key then
+/// does not cover what changed: a whole table is compared).
+fn schema_changed_between(src: &SourceRuntime, from: Lsn, to: Lsn) -> anyhow::Result<bool> {
+    if to <= from {
+        return Ok(false);
     }
     for item in src.log.reader(from.next())? {
         let (lsn, payload) = item?;
         if lsn > to {
             break;
         }
-        if let Record::Transaction(t) = Record::decode(&payload)? {
-            out.extend(t.changes.iter().map(|c| c.table.clone()));
-            out.extend(t.schema_changes.iter().map(|c| c.table.clone()));
+        if let Record::Transaction(t) = Record::decode(&payload)?
+            && !t.schema_changes.is_empty()
+        {
+            return Ok(true);
         }
     }
-    Ok(out)
+    Ok(false)
+}
+
+/// Under the fence the cutover compares the keys changed since the last live comparison;
+/// before fencing, live rounds compare by key what changed during the previous one, until
+/// fewer keys than this are left for the fence.
+const FENCE_KEYS: usize = 2_000;
+/// Live rounds at most (a source written faster than a round compares stops converging).
+const LIVE_ROUNDS: usize = 4;
+
+/// The position a live comparison read at (`at`: the log's durable LSN, applied, before the
+/// read) holds for every key not changed after it. A difference whose key changed while the
+/// comparison read may be a change in flight: it is set aside, since the next comparison (by
+/// key, or under the fence) covers every key changed after `at`. Any other difference is real
+/// and stops the cutover before the fence.
+async fn settle(
+    src: &SourceRuntime,
+    mut results: Vec<crate::cmd::verify::TableResult>,
+    at: Lsn,
+    lag_wait: Duration,
+) -> anyhow::Result<Lsn> {
+    if first_difference(&results).is_some() {
+        let end = drain(src).await?;
+        wait_applied(src, end, lag_wait).await?;
+        let changed = keys_changed_between(src, at, end)?;
+        crate::cmd::verify::set_aside_in_flight(&mut results, &changed);
+    }
+    if let Some(bad) = first_difference(&results) {
+        anyhow::bail!(
+            "source {}: {bad} before the fence; run `ferry verify` for the keys",
+            src.id
+        );
+    }
+    Ok(at)
 }
 
 async fn cutover(
@@ -264,22 +316,34 @@ async fn cutover(
             ),
         )
         .await?;
-        let mut results = verify_source(ctx, src, None).await?;
-        if first_difference(&results).is_some() {
-            // Set aside what changed while we read (in flight); the fence re-verifies those
-            // tables where nothing moves.
-            let end = drain(src).await?;
-            wait_applied(src, end, lag_wait).await?;
-            let changed = crate::cmd::verify::keys_changed(src.log.reader(at.next())?, end)?;
-            crate::cmd::verify::set_aside_in_flight(&mut results, &changed);
+        let results = verify_source(ctx, src, None).await?;
+        let mut verified_at = settle(src, results, at, lag_wait).await?;
+        // 1b. What changed during the pre-verify, compared by key while the application
+        // still writes, so that the fence is left with about a second's worth of keys.
+        for _ in 0..LIVE_ROUNDS {
+            let now = src.log.durable_lsn();
+            wait_applied(src, now, lag_wait).await?;
+            if schema_changed_between(src, verified_at, now)? {
+                break;
+            }
+            let keys = keys_changed_between(src, verified_at, now)?;
+            let n: usize = keys.values().map(|k| k.len()).sum();
+            if n <= FENCE_KEYS {
+                break;
+            }
+            step(
+                conv,
+                "pre_verify",
+                format!(
+                    "source {}: comparing the {n} rows changed since LSN {verified_at}",
+                    src.id
+                ),
+            )
+            .await?;
+            let results = verify_source(ctx, src, Some(keys)).await?;
+            verified_at = settle(src, results, now, lag_wait).await?;
         }
-        if let Some(bad) = first_difference(&results) {
-            anyhow::bail!(
-                "source {}: {bad} before the fence; run `ferry verify` for the keys",
-                src.id
-            );
-        }
-        pre_lsn.push(at);
+        pre_lsn.push(verified_at);
     }
     // 2. catch up
     let deadline = Instant::now() + lag_wait;
@@ -336,23 +400,20 @@ async fn cutover(
         ),
     )
     .await?;
-    // 5. verify under the fence
+    // 5. verify under the fence: nothing moves, so every comparison is exact.
     for (i, src) in ctx.sources.iter().enumerate() {
-        let only: Option<Vec<String>> = if full {
-            None
+        let whole = full || schema_changed_between(src, pre_lsn[i], drained[i])?;
+        let (results, what) = if whole {
+            (verify_source(ctx, src, None).await?, "every row".to_string())
         } else {
-            Some(
-                tables_changed(src, pre_lsn[i], drained[i])?
-                    .into_iter()
-                    .collect(),
-            )
-        };
-        let n = only
-            .as_ref()
-            .map_or("every".to_string(), |o| o.len().to_string());
-        let results = match &only {
-            Some(o) if o.is_empty() => vec![],
-            _ => verify_source(ctx, src, only).await?,
+            let keys = keys_changed_between(src, pre_lsn[i], drained[i])?;
+            let n: usize = keys.values().map(|k| k.len()).sum();
+            let results = if n == 0 {
+                vec![]
+            } else {
+                verify_source(ctx, src, Some(keys)).await?
+            };
+            (results, format!("the {n} rows changed since LSN {}", pre_lsn[i]))
         };
         if let Some(bad) = first_difference(&results) {
             anyhow::bail!("source {}: {bad} under the fence", src.id);
@@ -361,10 +422,7 @@ async fn cutover(
         step(
             conv,
             "verify",
-            format!(
-                "source {}: row counts equal; {n} changed tables equal",
-                src.id
-            ),
+            format!("source {}: row counts equal; {what} equal", src.id),
         )
         .await?;
     }

@@ -117,6 +117,39 @@ pub fn select_in_key_order(t: &VerifyTable) -> String {
     format!("SELECT {select} FROM {} ORDER BY {order}", quote(&t.name))
 }
 
+/// The query that reads the row of `t` with one key (parameters: the key's values in key
+/// order), selecting what [`select_in_key_order`] selects, so [`key_and_row`] reads it.
+pub fn select_by_key(t: &VerifyTable) -> String {
+    let cols: Vec<String> = t.columns.iter().map(|c| quote(c)).collect();
+    let (select, filter) = if t.key.is_empty() {
+        (format!("rowid, {}", cols.join(", ")), "rowid = ?1".to_string())
+    } else {
+        (
+            cols.join(", "),
+            t.key
+                .iter()
+                .enumerate()
+                .map(|(n, &i)| format!("{} = ?{}", cols[i], n + 1))
+                .collect::<Vec<_>>()
+                .join(" AND "),
+        )
+    };
+    format!("SELECT {select} FROM {} WHERE {filter}", quote(&t.name))
+}
+
+/// A key value as a SQLite parameter, in the storage class it was read with (text that is
+/// not UTF-8 stays bytes).
+pub fn param(v: &Value) -> rusqlite::types::ToSqlOutput<'_> {
+    use rusqlite::types::{ToSqlOutput, ValueRef};
+    ToSqlOutput::Borrowed(match v {
+        Value::Null => ValueRef::Null,
+        Value::Integer(i) => ValueRef::Integer(*i),
+        Value::Real(f) => ValueRef::Real(*f),
+        Value::Text(t) => ValueRef::Text(t),
+        Value::Blob(b) => ValueRef::Blob(b),
+    })
+}
+
 /// (key, row) of one result row of [`select_in_key_order`].
 pub fn key_and_row(
     t: &VerifyTable,

@@ -45,7 +45,8 @@ pub fn run(args: CutoverArgs) -> anyhow::Result<ExitCode> {
                 }
                 Some(Event::Done { detail }) => {
                     let window = detail.get("window_ms").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
-                    println!("cut over: write-unavailability window {window:.1} ms (fence to done); SQLite stays fenced while ferry runs");
+                    let fenced_at = detail.get("fenced_at").and_then(|v| v.as_str()).unwrap_or("?");
+                    println!("cut over: write-unavailability window {window:.1} ms (fence to done, fenced at {fenced_at}); SQLite stays fenced while ferry runs");
                     return Ok(ExitCode::SUCCESS);
                 }
                 Some(Event::Error { message, fence_released }) => {

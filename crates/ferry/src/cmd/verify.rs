@@ -85,6 +85,10 @@ pub fn set_aside_in_flight(results: &mut [TableResult], changed: &ChangedKeys) {
     }
 }
 
+/// Live mode re-checks the keys set aside as in flight this many times before it gives up
+/// on them (a key written on every pass is reported as unsettled, not as equal).
+const SETTLE_ROUNDS: usize = 8;
+
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -97,39 +101,98 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         keep_case: false,
         type_overrides: Default::default(),
     };
+    let filter = ferry_pg::ShipOptions {
+        include: args.include.clone(),
+        exclude: args.exclude.clone(),
+        ..Default::default()
+    };
+    let includes = |t: &str| filter.includes(t);
     let live = args.state_dir.as_ref().and_then(|d| {
         crate::runfile::RunFile::read_live(&d.join("run.json")).map(|rf| (d.clone(), rf))
     });
+    let mut unsettled = 0;
     let mut results = match live {
-        None => verify_tables(&rt, &target, &args.source, &map_opts, None)?,
+        None => verify_tables(&rt, &target, &args.source, &map_opts, &includes, Rows::All)?,
         Some((dir, rf)) => {
-            let log_dir = crate::cmd::log::log_dir(dir, None)?;
+            let log_dir = crate::cmd::log::log_dir(dir, args.source_id.as_deref())?;
             let log = ferry_log::open_read_only(&log_dir)
                 .with_context(|| format!("opening the log in {}", log_dir.display()))?;
-            let l0 = log.durable_lsn()?;
-            wait_for_shipped(&rf.admin_addr, l0, Duration::from_secs(120))?;
-            let mut results = verify_tables(&rt, &target, &args.source, &map_opts, None)?;
-            // Every commit SQLite's read saw must be in the log before `l1` is taken, or its
-            // key would not be set aside: wait for a capture pass that began after the read
-            // and found nothing unread. (A fixed pause was not enough on a loaded machine,
-            // where capture can wait seconds for the application's checkpoint.)
-            let read_done = ferry_core::json::micros_to_rfc3339(ferry_core::now_micros());
-            wait_for_read_after(&rf.admin_addr, &read_done, Duration::from_secs(120))?;
-            let l1 = log.durable_lsn()?;
-            wait_for_shipped(&rf.admin_addr, l1, Duration::from_secs(120))?;
-            let changed = keys_changed(log.reader(l0.next())?, l1)?;
+            let pass = |rows: Rows<'_>| -> anyhow::Result<(Vec<TableResult>, ChangedKeys)> {
+                let l0 = log.durable_lsn()?;
+                wait_for_shipped(&rf.admin_addr, l0, Duration::from_secs(120))?;
+                let results = verify_tables(&rt, &target, &args.source, &map_opts, &includes, rows)?;
+                // Every commit SQLite's read saw must be in the log before `l1` is taken, or
+                // its key would not be set aside: wait for a capture pass that began after the
+                // read and found nothing unread. (A fixed pause was not enough on a loaded
+                // machine, where capture can wait seconds for the application's checkpoint.)
+                let read_done = ferry_core::json::micros_to_rfc3339(ferry_core::now_micros());
+                wait_for_read_after(&rf.admin_addr, &read_done, Duration::from_secs(120))?;
+                let l1 = log.durable_lsn()?;
+                wait_for_shipped(&rf.admin_addr, l1, Duration::from_secs(120))?;
+                Ok((results, keys_changed(log.reader(l0.next())?, l1)?))
+            };
+            let (mut results, changed) = pass(Rows::All)?;
+            // A difference whose key changed while verify read may be a change in flight, or a
+            // real difference on a busy row: compare those keys again, by key, until they
+            // were not written during a pass.
+            let mut pending = in_flight_keys(&results, &changed);
             set_aside_in_flight(&mut results, &changed);
+            for _ in 0..SETTLE_ROUNDS {
+                if pending.values().all(HashSet::is_empty) {
+                    break;
+                }
+                let (again, changed) = pass(Rows::Keys(&pending))?;
+                let still = in_flight_keys(&again, &changed);
+                for r in again {
+                    let Some(total) = results.iter_mut().find(|t| t.table == r.table) else {
+                        continue;
+                    };
+                    let mut c = r.comparison;
+                    // Keys still in flight stay pending; the rest is settled: a difference
+                    // there is real.
+                    c.set_aside(|k| still.get(&r.table).is_some_and(|s| s.contains(k)));
+                    total.comparison.absorb_differences(c);
+                }
+                pending = still;
+            }
+            for r in &mut results {
+                r.in_flight = pending.get(&r.table).map_or(0, |k| k.len() as u64);
+            }
+            unsettled = pending.values().map(HashSet::len).sum::<usize>();
             results
         }
     };
     results.sort_by(|a, b| a.table.cmp(&b.table));
     print_report(&results);
+    if unsettled > 0 {
+        println!(
+            "{unsettled} rows changed during each of {SETTLE_ROUNDS} re-checks and could not be compared at rest; \
+             the cutover compares them under its fence (or run verify again)"
+        );
+    }
     let equal = results.iter().all(TableResult::is_equal);
     Ok(if equal {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The differing keys of `results` that `changed` touched: differences that may be changes
+/// in flight.
+fn in_flight_keys(results: &[TableResult], changed: &ChangedKeys) -> ChangedKeys {
+    let mut out = ChangedKeys::new();
+    for r in results {
+        let Some(keys) = changed.get(&r.table) else {
+            continue;
+        };
+        for (_, k) in &r.comparison.differing_keys {
+            if keys.contains(k) {
+                out.entry(r.table.clone()).or_default().insert(k.clone());
+            }
+        }
+    }
+    out
 }
 
 /// Waits until capture has read every SQLite source to its end in a pass that began at or
@@ -181,13 +244,26 @@ fn wait_for_status(
     }
 }
 
-/// Compares every table (or `only` these) of `db` with PostgreSQL.
+/// Which rows verify compares.
+#[derive(Clone, Copy)]
+pub enum Rows<'a> {
+    /// Every row of every table.
+    All,
+    /// Only these keys; a table without an entry is not read. The cutover compares under its
+    /// fence only what changed since its full pre-verify, so its write pause does not grow
+    /// with the tables.
+    Keys(&'a ChangedKeys),
+}
+
+/// Compares the tables of `db` that `includes` selects (the tables `ferry run` ships) with
+/// PostgreSQL: every row, or only some keys.
 pub fn verify_tables(
     rt: &tokio::runtime::Runtime,
     target: &PgTarget,
     db: &std::path::Path,
     map_opts: &MapOptions,
-    only: Option<&[String]>,
+    includes: &dyn Fn(&str) -> bool,
+    rows: Rows<'_>,
 ) -> anyhow::Result<Vec<TableResult>> {
     let conn = sqlite_read::open_read_only(db)
         .with_context(|| format!("opening {} read-only", db.display()))?;
@@ -195,7 +271,11 @@ pub fn verify_tables(
     conn.execute_batch("BEGIN")?;
     let tables: Vec<VerifyTable> = sqlite_read::tables(&conn)?
         .into_iter()
-        .filter(|t| only.is_none_or(|o| o.contains(&t.name)))
+        .filter(|t| includes(&t.name))
+        .filter(|t| match rows {
+            Rows::All => true,
+            Rows::Keys(keys) => keys.get(&t.name).is_some_and(|k| !k.is_empty()),
+        })
         .collect();
     let client = rt
         .block_on(target.connect())
@@ -204,6 +284,9 @@ pub fn verify_tables(
         indicatif::ProgressStyle::with_template("verify {bar:30} {pos}/{len} tables {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    if matches!(rows, Rows::Keys(_)) {
+        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
     let mut out = Vec::new();
     for t in &tables {
         progress.set_message(t.name.clone());
@@ -214,8 +297,15 @@ pub fn verify_tables(
         let map = found
             .as_ref()
             .and_then(|ct| map_onto(&schema, ct, map_opts.keep_case, &mut problems));
-        let comparison = match &map {
-            None => {
+        if map.is_none() && !problems.is_empty() {
+            eprintln!("table {:?}: {}", t.name, problems.join("; "));
+        }
+        let comparison = match (rows, &map) {
+            (Rows::Keys(keys), map) => {
+                let keys = keys.get(&t.name).cloned().unwrap_or_default();
+                compare_keys(rt, &client, &conn, t, map.as_ref(), keys)?
+            }
+            (Rows::All, None) => {
                 // The table (or its columns) is not in PostgreSQL: every row is missing.
                 let mut c = Comparison::default();
                 sqlite_read::for_each_row(&conn, t, |k, _| {
@@ -230,12 +320,9 @@ pub fn verify_tables(
                     }
                     Ok(())
                 })?;
-                if !problems.is_empty() {
-                    eprintln!("table {:?}: {}", t.name, problems.join("; "));
-                }
                 c
             }
-            Some(map) => compare_table(rt, &client, &conn, t, map)?,
+            (Rows::All, Some(map)) => compare_table(rt, &client, &conn, t, map)?,
         };
         out.push(TableResult {
             table: t.name.clone(),
@@ -252,6 +339,61 @@ pub fn verify_tables(
     progress.finish_and_clear();
     conn.execute_batch("COMMIT")?;
     Ok(out)
+}
+
+/// The comparison rule: converting the SQLite row the way the shipper does gives
+/// PostgreSQL's values. For rowid-keyed tables the rowid is not in the row image: the key
+/// carries it.
+fn same_row(map: &TableMap) -> impl Fn(&(Vec<Value>, Vec<Value>), &Vec<ferry_pg::types::Datum>) -> bool + '_ {
+    let keyed_by_rowid = map.source.keyed_by_rowid();
+    move |l, r| {
+        let rowid = if keyed_by_rowid {
+            l.0.first().and_then(Value::as_i64)
+        } else {
+            None
+        };
+        ferry_pg::row_matches(map, &l.1, rowid, r)
+    }
+}
+
+/// Compares the rows of `t` with these keys: SQLite's read by key inside the caller's read
+/// transaction, PostgreSQL's by key in chunks; both sorted by key and merged.
+fn compare_keys(
+    rt: &tokio::runtime::Runtime,
+    client: &tokio_postgres::Client,
+    conn: &rusqlite::Connection,
+    t: &VerifyTable,
+    map: Option<&TableMap>,
+    keys: HashSet<Vec<Value>>,
+) -> anyhow::Result<Comparison<Vec<Value>>> {
+    let mut keys: Vec<Vec<Value>> = keys.into_iter().collect();
+    keys.sort();
+    let mut stmt = conn.prepare(&sqlite_read::select_by_key(t))?;
+    let mut left: Vec<(Vec<Value>, Vec<Value>)> = Vec::new();
+    for k in &keys {
+        let mut rows = stmt.query(rusqlite::params_from_iter(k.iter().map(sqlite_read::param)))?;
+        if let Some(r) = rows.next()? {
+            left.push(sqlite_read::key_and_row(t, r)?);
+        }
+    }
+    left.sort_by(|a, b| a.0.cmp(&b.0));
+    left.dedup_by(|a, b| a.0 == b.0);
+    let mut right = match map {
+        Some(map) => rt.block_on(ferry_pg::rows_with_keys(client, map, &keys, PAGE))?,
+        None => Vec::new(),
+    };
+    right.sort_by(|a, b| a.0.cmp(&b.0));
+    let left = left.into_iter().map(|(k, v)| Ok::<_, anyhow::Error>((k.clone(), (k, v))));
+    let right = right.into_iter().map(Ok::<_, anyhow::Error>);
+    let result = match map {
+        Some(map) => compare_sorted_keeping(left, right, |a, b| a.cmp(b), same_row(map), MAX_DIFF_KEYS),
+        None => compare_sorted_keeping(left, right, |a, b| a.cmp(b), |_, _| false, MAX_DIFF_KEYS),
+    };
+    match result {
+        Ok(c) => Ok(c),
+        Err(ferry_core::compare::CompareError::Stream(e)) => Err(e),
+        Err(e) => Err(anyhow::anyhow!("{e} in table {}", t.name)),
+    }
 }
 
 fn compare_table(
@@ -296,20 +438,11 @@ fn compare_table(
             Ok(None) => None,
             Err(e) => Some(Err(anyhow::Error::new(e))),
         });
-        let keyed_by_rowid = map.source.keyed_by_rowid();
         let result = compare_sorted_keeping(
             left,
             rx,
             |a: &Vec<Value>, b: &Vec<Value>| a.cmp(b),
-            |l: &(Vec<Value>, Vec<Value>), r: &Vec<ferry_pg::types::Datum>| {
-                // For rowid-keyed tables the rowid is not in the row image: the key carries it.
-                let rowid = if keyed_by_rowid {
-                    l.0.first().and_then(Value::as_i64)
-                } else {
-                    None
-                };
-                ferry_pg::row_matches(map, &l.1, rowid, r)
-            },
+            same_row(map),
             MAX_DIFF_KEYS,
         );
         match result {
