@@ -29,7 +29,9 @@ for i in $(seq 1 "$runs"); do
   cp "$work/seed.db" "$d/app.db"
   dbname=ferry_cutover_bench_$$_$i
   psql "$FERRY_TEST_PG_URL" -qc "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $dbname" -c "CREATE DATABASE $dbname" >/dev/null
-  "$bin" sample-app --initial-users 0 --rate "$rate" --db "$d/app.db" >"$d/app.json" &
+  # The switch moves the application to PostgreSQL (SIGUSR1), where it keeps writing: its
+  # longest stall runs from the first write the fence held up to its first commit there.
+  "$bin" sample-app --initial-users 0 --rate "$rate" --db "$d/app.db" --switch-to "$base/$dbname" >"$d/app.json" &
   app=$!
   started=$(date +%s.%N)
   FERRY_LOG=error "$bin" run --source "$d/app.db" --target "$base/$dbname" --state-dir "$d/state" --admin-addr 127.0.0.1:0 &
@@ -40,8 +42,10 @@ for i in $(seq 1 "$runs"); do
   done
   loaded=$(python3 -c "import sys; print(f'{float(sys.argv[2]) - float(sys.argv[1]):.1f}')" "$started" "$(date +%s.%N)")
   sleep 2
-  out=$("$bin" cutover --state-dir "$d/state" --then "kill -TERM $app" 2>&1) || { echo "$out"; exit 1; }
-  wait "$app" || true
+  out=$("$bin" cutover --state-dir "$d/state" --then "kill -USR1 $app" 2>&1) || { echo "$out"; exit 1; }
+  sleep 1
+  kill -TERM "$app"; wait "$app" || true
+  grep -E "^ +window:" <<<"$out" || true
   window=$(sed -n 's/.*write-unavailability window \([0-9.]*\) ms.*/\1/p' <<<"$out")
   stall=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["longest_stall_ms"])' "$d/app.json")
   printf "%-4s %10s %12s %14.1f %14.1f\n" "$i" "$loaded" "${window:-FAILED}" "$stall" "$(python3 -c "print($stall - ${window:-0})")"
@@ -50,7 +54,7 @@ for i in $(seq 1 "$runs"); do
   python3 - "$d/app.json" "$out" <<'PY'
 import datetime, json, re, sys
 app = json.load(open(sys.argv[1]))
-m = re.search(r'"fenced_at":\s*"([^"]+)"', sys.argv[2]) or re.search(r'fenced at (\S+)', sys.argv[2])
+m = re.search(r'"fenced_at":\s*"([^"]+)"', sys.argv[2]) or re.search(r'fenced at ([^);\s]+)', sys.argv[2])
 fence = datetime.datetime.fromisoformat(m.group(1).replace("Z", "+00:00")).timestamp() if m else None
 for s in sorted(app["stalls"], key=lambda s: s["began_unix_micros"]):
     if s["ms"] >= 100:

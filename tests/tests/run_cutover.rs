@@ -17,11 +17,21 @@ fn run_verify_cutover_under_load_then_writes_after_cutover_are_reported() {
     SampleApp::prepare(&db, 300);
     // TRUNCATE: the application's own blocking checkpoints must complete while ferry
     // captures (ferry lets go of its read slot for them) and must not hold up the cutover.
+    // The switch command moves the application to PostgreSQL (SIGUSR1), where it keeps
+    // writing: its stall is measured by the application itself, from the first write the
+    // fence held up to its first commit on PostgreSQL.
     let app = start_app(
         &db,
         150,
         7,
-        &["--checkpoint-every", "200", "--checkpoint-mode", "truncate"],
+        &[
+            "--checkpoint-every",
+            "200",
+            "--checkpoint-mode",
+            "truncate",
+            "--switch-to",
+            pg.url(),
+        ],
     );
     let run = FerryRun::sqlite(&db, pg.url(), &state);
     run.wait_streaming(Duration::from_secs(120));
@@ -62,14 +72,14 @@ fn run_verify_cutover_under_load_then_writes_after_cutover_are_reported() {
     );
     client.execute("DELETE FROM users WHERE id = 987654321");
 
-    // Cutover under load: the switch command stops the application.
+    // Cutover under load: the switch command moves the application to PostgreSQL.
     let cutover_began = ferry_core::now_micros();
     let out = run_ferry(&[
         "cutover",
         "--state-dir",
         state_s,
         "--then",
-        &format!("kill -TERM {}", app.pid()),
+        &format!("kill -USR1 {}", app.pid()),
     ]);
     let text = expect_exit(&out, 0, "cutover");
     let window_ms: f64 = text
@@ -79,7 +89,18 @@ fn run_verify_cutover_under_load_then_writes_after_cutover_are_reported() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("no window in the cutover output: {text}"));
     let cutover_ended = ferry_core::now_micros();
-    let summary = app.wait(Duration::from_secs(30));
+    // The application writes on PostgreSQL for a while, then stops.
+    std::thread::sleep(Duration::from_millis(800));
+    let summary = app.stop();
+    let switched = summary["switched_unix_micros"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("the application moved to PostgreSQL: {summary}"));
+    assert!(
+        (cutover_began..=cutover_ended).contains(&switched),
+        "it moved during the cutover: {summary}"
+    );
+    let pg_commits = summary["pg_commits"].as_i64().unwrap();
+    assert!(pg_commits > 0, "it kept writing on PostgreSQL: {summary}");
     // The stalls that overlap the cutover command's run are the fence's; on a loaded machine
     // the application also stalls on its own (its checkpoints' fsyncs, CPU starvation), at
     // other moments, and those say nothing about the cutover.
@@ -107,24 +128,46 @@ fn run_verify_cutover_under_load_then_writes_after_cutover_are_reported() {
         "the application checkpointed itself: {summary}"
     );
 
-    // PostgreSQL holds every row the application committed.
+    // PostgreSQL holds every row the application committed, on SQLite and then on
+    // PostgreSQL, whose new jobs got ids past SQLite's (the sequences were moved).
     let last_job = summary["last_job_id"].as_i64().unwrap();
     assert!(last_job > 0);
     assert_eq!(
+        client.query_i64(&format!("SELECT count(*) FROM jobs WHERE id = {last_job}")),
+        1,
+        "the last job the application committed to SQLite is in PostgreSQL"
+    );
+    let pg_jobs: Vec<i64> = summary["pg_job_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(pg_jobs.len() as i64, pg_commits);
+    assert!(
+        pg_jobs.iter().all(|&id| id > last_job),
+        "jobs inserted on PostgreSQL got fresh ids past {last_job}: {pg_jobs:?}"
+    );
+    assert_eq!(
         client.query_i64("SELECT max(id) FROM jobs"),
-        last_job,
-        "the last job the application committed is in PostgreSQL"
+        *pg_jobs.iter().max().unwrap()
+    );
+    assert_eq!(
+        client.query_i64("SELECT count(*) FROM ferry.progress WHERE cutover_at IS NOT NULL"),
+        1,
+        "the cutover is recorded in ferry.progress"
     );
     let sqlite =
         rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
             .unwrap();
-    for t in ["users", "jobs", "settings", "events"] {
+    for t in ["users", "jobs", "events"] {
         let n: i64 = sqlite
             .query_row(&format!("SELECT count(*) FROM {t}"), [], |r| r.get(0))
             .unwrap();
+        let added_on_postgres = if t == "jobs" { pg_commits } else { 0 };
         assert_eq!(
             client.query_i64(&format!("SELECT count(*) FROM {t}")),
-            n,
+            n + added_on_postgres,
             "row count of {t}"
         );
     }
@@ -229,6 +272,49 @@ fn failing_switch_or_a_difference_aborts_and_releases_the_fence() {
     let stderr = aborted_cutover("echo switching failed >&2; exit 3", "cutover fails");
     assert!(stderr.contains("switching failed"), "{stderr}");
     replication_goes_on("new commits after the aborted cutover");
+    let st = run.source_status();
+    assert_eq!(st["state"], "streaming", "{st}");
+    assert!(
+        !state
+            .join("sources")
+            .join("app")
+            .join("cutover.json")
+            .exists()
+    );
+
+    // The cutover client dies while its switch command runs: the run process aborts the
+    // cutover and releases the fence (the application writes again).
+    let mut dying = ferry_e2e::ferry()
+        .args([
+            "cutover",
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--then",
+            "sleep 60",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::BufRead;
+        let out = std::io::BufReader::new(dying.stdout.take().unwrap());
+        let mut seen = String::new();
+        for line in out.lines() {
+            let line = line.unwrap();
+            seen.push_str(&line);
+            seen.push('\n');
+            if line.contains("running \"sleep 60\"") {
+                break;
+            }
+        }
+        assert!(
+            seen.contains("sleep 60"),
+            "the client reached the switch: {seen}"
+        );
+    }
+    dying.kill().unwrap();
+    dying.wait().unwrap();
+    replication_goes_on("commits after the cutover client died");
     let st = run.source_status();
     assert_eq!(st["state"], "streaming", "{st}");
     assert!(

@@ -94,6 +94,14 @@ pub struct SampleAppArgs {
     /// The mode of those checkpoints: passive, full, restart or truncate.
     #[arg(long, default_value = "truncate", value_parser = ["passive", "full", "restart", "truncate"])]
     pub checkpoint_mode: String,
+    /// On SIGUSR1, move to this PostgreSQL (what a cutover's `--then` does to a real
+    /// application) and keep writing there; the stall then lasts from the first write SQLite
+    /// held up to the first commit on PostgreSQL.
+    #[arg(long)]
+    pub switch_to: Option<String>,
+    /// The schema of the application's tables on PostgreSQL.
+    #[arg(long, default_value = "public", requires = "switch_to")]
+    pub switch_schema: String,
 }
 
 #[derive(Args, Debug, Clone)]

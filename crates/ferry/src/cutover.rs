@@ -24,12 +24,12 @@
 //!    failed switch leaves replication exactly as it was. The window is fence → done.
 
 use crate::cmd::run::{RunContext, SourceRuntime};
+use crate::cmd::verify::{ChangedKeys, Rows};
 use crate::control::{self, Event, Request};
 use crate::status::SourceState;
 use anyhow::Context;
 use ferry_core::{CutoverRecord, Lsn, Record};
 use ferry_pg::mapping::MapOptions;
-use crate::cmd::verify::{ChangedKeys, Rows};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,19 +59,25 @@ pub async fn serve_control(listener: tokio::net::UnixListener, ctx: Arc<RunConte
                     )
                     .await;
                     if let Err(e) = r {
-                        tracing::error!(error = %format!("{e:#}"), "cutover aborted; the application stays on SQLite");
+                        // After a successful switch the fence is kept whatever fails next.
+                        let switched = e.downcast_ref::<AfterSwitch>().is_some();
+                        if switched {
+                            tracing::error!(error = %format!("{e:#}"), "the application was switched to PostgreSQL, but recording the cutover failed; SQLite stays fenced while ferry runs");
+                        } else {
+                            tracing::error!(error = %format!("{e:#}"), "cutover aborted; the application stays on SQLite");
+                        }
                         for s in &ctx.sources {
                             ctx.metrics
                                 .cutover_state
                                 .get_or_create(&crate::metrics::SourceLabel {
                                     source: s.id.clone(),
                                 })
-                                .set(3);
+                                .set(if switched { 2 } else { 3 });
                         }
                         let _ = conv
                             .send(&Event::Error {
                                 message: format!("{e:#}"),
-                                fence_released: true,
+                                fence_released: !switched,
                             })
                             .await;
                     }
@@ -235,6 +241,46 @@ fn schema_changed_between(src: &SourceRuntime, from: Lsn, to: Lsn) -> anyhow::Re
     Ok(false)
 }
 
+/// How long each step under the fence took (the window, itemised for the operator).
+struct Phases {
+    last: Instant,
+    laps: Vec<(&'static str, Duration)>,
+}
+
+impl Phases {
+    fn new(start: Instant) -> Phases {
+        Phases {
+            last: start,
+            laps: Vec::new(),
+        }
+    }
+
+    /// Ends the step `name` now; a step run once per source adds up.
+    fn lap(&mut self, name: &'static str) {
+        let now = Instant::now();
+        let took = now - self.last;
+        self.last = now;
+        match self.laps.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, d)) => *d += took,
+            None => self.laps.push((name, took)),
+        }
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        serde_json::Value::Object(
+            self.laps
+                .iter()
+                .map(|(n, d)| {
+                    (
+                        (*n).to_string(),
+                        serde_json::json!(d.as_secs_f64() * 1000.0),
+                    )
+                })
+                .collect(),
+        )
+    }
+}
+
 /// Under the fence the cutover compares the keys changed since the last live comparison;
 /// before fencing, live rounds compare by key what changed during the previous one, until
 /// fewer keys than this are left for the fence.
@@ -371,6 +417,8 @@ async fn cutover(
         fences.push(f);
     }
     // From here, an error drops `fences`, releasing SQLite's lock.
+    let mut phases = Phases::new(fenced_at);
+    phases.lap("fence");
     step(
         conv,
         "fence",
@@ -391,6 +439,7 @@ async fn cutover(
         wait_applied(src, end, Duration::from_secs(30)).await?;
         drained.push(end);
     }
+    phases.lap("drain");
     step(
         conv,
         "drain",
@@ -404,7 +453,10 @@ async fn cutover(
     for (i, src) in ctx.sources.iter().enumerate() {
         let whole = full || schema_changed_between(src, pre_lsn[i], drained[i])?;
         let (results, what) = if whole {
-            (verify_source(ctx, src, None).await?, "every row".to_string())
+            (
+                verify_source(ctx, src, None).await?,
+                "every row".to_string(),
+            )
         } else {
             let keys = keys_changed_between(src, pre_lsn[i], drained[i])?;
             let n: usize = keys.values().map(|k| k.len()).sum();
@@ -413,12 +465,17 @@ async fn cutover(
             } else {
                 verify_source(ctx, src, Some(keys)).await?
             };
-            (results, format!("the {n} rows changed since LSN {}", pre_lsn[i]))
+            (
+                results,
+                format!("the {n} rows changed since LSN {}", pre_lsn[i]),
+            )
         };
         if let Some(bad) = first_difference(&results) {
             anyhow::bail!("source {}: {bad} under the fence", src.id);
         }
+        phases.lap("verify_keys");
         counts_equal(ctx, src).await?;
+        phases.lap("counts");
         step(
             conv,
             "verify",
@@ -431,6 +488,7 @@ async fn cutover(
     for src in &ctx.sources {
         moved += advance_sequences(ctx, src).await?;
     }
+    phases.lap("sequences");
     step(
         conv,
         "sequences",
@@ -451,12 +509,42 @@ async fn cutover(
         }
         _ => anyhow::bail!("the cutover client went away before the switch"),
     }
+    phases.lap("switch");
     // From here on the application is on PostgreSQL: whatever happens, SQLite stays fenced.
     if let Ok(mut held) = ctx.held_fences.lock() {
         held.extend(fences);
     }
     // 8. record the cutover: ferry.progress, the log's Cutover record (the end of the
     // SQLite history; shipping never passes it) and cutover.json for later runs.
+    record_cutover(ctx, &drained).await.map_err(|e| {
+        anyhow::Error::new(AfterSwitch(format!(
+            "the switch succeeded, but recording the cutover failed: {e:#}; SQLite stays fenced while this ferry runs — record it before restarting ferry"
+        )))
+    })?;
+    phases.lap("record");
+    let window = fenced_at.elapsed();
+    report_done(ctx, conv, window, fenced_wall, &phases)
+        .await
+        .map_err(|e| {
+            anyhow::Error::new(AfterSwitch(format!(
+                "the cutover is done, but reporting it failed: {e:#}"
+            )))
+        })
+}
+
+/// An error after the application was switched: the fence is kept.
+#[derive(Debug)]
+struct AfterSwitch(String);
+
+impl std::fmt::Display for AfterSwitch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for AfterSwitch {}
+
+async fn record_cutover(ctx: &Arc<RunContext>, drained: &[Lsn]) -> anyhow::Result<()> {
     for (i, src) in ctx.sources.iter().enumerate() {
         let client = ctx.target.connect().await?;
         client
@@ -489,7 +577,16 @@ async fn cutover(
         )
         .with_context(|| format!("recording the cutover of source {}", src.id))?;
     }
-    let window = fenced_at.elapsed();
+    Ok(())
+}
+
+async fn report_done(
+    ctx: &Arc<RunContext>,
+    conv: &mut control::Conversation,
+    window: Duration,
+    fenced_wall: i64,
+    phases: &Phases,
+) -> anyhow::Result<()> {
     for src in &ctx.sources {
         ctx.status.update(&src.id, |s| {
             s.state = SourceState::CutOver;
@@ -507,6 +604,7 @@ async fn cutover(
         "window_ms".into(),
         serde_json::json!(window.as_secs_f64() * 1000.0),
     );
+    detail.insert("phases_ms".into(), phases.to_json());
     detail.insert(
         "fenced_at".into(),
         serde_json::json!(ferry_core::json::micros_to_rfc3339(fenced_wall)),
@@ -523,43 +621,65 @@ async fn cutover(
     Ok(())
 }
 
-/// `count(*)` of every table, both sides.
+/// `count(*)` of every shipped table, both sides at once: SQLite's in one read transaction on
+/// a thread of its own, PostgreSQL's each on a connection of its own (the counts of the
+/// largest tables are most of the cutover's pause).
 async fn counts_equal(ctx: &RunContext, src: &SourceRuntime) -> anyhow::Result<()> {
     let path = src.path.clone();
-    let sqlite_counts =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, i64)>> {
-            let conn = crate::sqlite_read::open_read_only(&path)?;
-            let mut out = Vec::new();
-            for t in crate::sqlite_read::tables(&conn)? {
-                let n: i64 = conn.query_row(
-                    &format!("SELECT count(*) FROM \"{}\"", t.name.replace('"', "\"\"")),
-                    [],
-                    |r| r.get(0),
-                )?;
-                out.push((t.name, n));
-            }
-            Ok(out)
-        })
-        .await??;
-    let client = ctx.target.connect().await?;
-    let opts = map_options(src);
-    for (table, n) in sqlite_counts {
-        if !src.ship_options.includes(&table) {
-            continue;
+    let filter = src.ship_options.clone();
+    let tables = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
+        let conn = crate::sqlite_read::open_read_only(&path)?;
+        Ok(crate::sqlite_read::tables(&conn)?
+            .into_iter()
+            .map(|t| t.name)
+            .filter(|t| filter.includes(t))
+            .collect())
+    })
+    .await??;
+    let path = src.path.clone();
+    let names = tables.clone();
+    let sqlite_counts = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<i64>> {
+        let conn = crate::sqlite_read::open_read_only(&path)?;
+        conn.execute_batch("BEGIN")?;
+        let mut out = Vec::new();
+        for t in &names {
+            out.push(conn.query_row(
+                &format!("SELECT count(*) FROM {}", crate::sqlite_read::quote(t)),
+                [],
+                |r| r.get(0),
+            )?);
         }
-        let target = opts.target_table_name(&table);
+        conn.execute_batch("COMMIT")?;
+        Ok(out)
+    });
+    let opts = map_options(src);
+    let mut pg_counts = tokio::task::JoinSet::new();
+    for (i, table) in tables.iter().enumerate() {
         let q = format!(
             "SELECT count(*) FROM {}",
-            ferry_pg::ident::qualified(&opts.schema, &target)
+            ferry_pg::ident::qualified(&opts.schema, &opts.target_table_name(table))
         );
-        let pg: i64 = client
-            .query_one(&q, &[])
-            .await
-            .map_err(|e| anyhow::anyhow!("counting {q}: {e}"))?
-            .get(0);
+        let target = ctx.target.clone();
+        pg_counts.spawn(async move {
+            let client = target.connect().await?;
+            let n: i64 = client
+                .query_one(&q, &[])
+                .await
+                .map_err(|e| anyhow::anyhow!("counting {q}: {e}"))?
+                .get(0);
+            anyhow::Ok((i, n))
+        });
+    }
+    let mut pg = vec![0i64; tables.len()];
+    while let Some(r) = pg_counts.join_next().await {
+        let (i, n) = r??;
+        pg[i] = n;
+    }
+    let sqlite = sqlite_counts.await??;
+    for ((table, n), p) in tables.iter().zip(sqlite).zip(pg) {
         anyhow::ensure!(
-            pg == n,
-            "source {}: table {table} has {n} rows in SQLite but {pg} in PostgreSQL",
+            p == n,
+            "source {}: table {table} has {n} rows in SQLite but {p} in PostgreSQL",
             src.id
         );
     }

@@ -48,3 +48,23 @@ pub async fn wait_for_shutdown() {
         _ = int.recv() => {}
     }
 }
+
+static SWITCH: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+extern "C" fn on_switch(_sig: libc::c_int) {
+    if let Some(flag) = SWITCH.get() {
+        flag.store(true, Ordering::SeqCst);
+    }
+}
+
+/// SIGUSR1 for the sample application: the flag it sets asks it to move to PostgreSQL.
+pub fn switch_flag() -> Arc<AtomicBool> {
+    let flag = SWITCH
+        .get_or_init(|| Arc::new(AtomicBool::new(false)))
+        .clone();
+    // SAFETY: installing a handler that only touches an atomic.
+    unsafe {
+        libc::signal(libc::SIGUSR1, on_switch as *const () as libc::sighandler_t);
+    }
+    flag
+}

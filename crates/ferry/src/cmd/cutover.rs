@@ -47,6 +47,10 @@ pub fn run(args: CutoverArgs) -> anyhow::Result<ExitCode> {
                     let window = detail.get("window_ms").and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
                     let fenced_at = detail.get("fenced_at").and_then(|v| v.as_str()).unwrap_or("?");
                     println!("cut over: write-unavailability window {window:.1} ms (fence to done, fenced at {fenced_at}); SQLite stays fenced while ferry runs");
+                    if let Some(phases) = detail.get("phases_ms").and_then(|v| v.as_object()) {
+                        let parts: Vec<String> = phases.iter().map(|(k, v)| format!("{k} {:.1}", v.as_f64().unwrap_or(f64::NAN))).collect();
+                        println!("{:>10}: {} (ms)", "window", parts.join(", "));
+                    }
                     return Ok(ExitCode::SUCCESS);
                 }
                 Some(Event::Error { message, fence_released }) => {

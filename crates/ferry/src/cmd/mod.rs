@@ -60,6 +60,9 @@ fn run_sample_app(a: SampleAppArgs) -> anyhow::Result<ExitCode> {
         seed: a.seed,
         checkpoint_every: a.checkpoint_every,
         checkpoint_mode: a.checkpoint_mode.to_ascii_uppercase(),
+        switch_to: a
+            .switch_to
+            .map(|url| (url, a.switch_schema, crate::signals::switch_flag())),
     };
     let summary = sample_app::run(&a.db, &opts, stop)?;
     println!("{}", serde_json::to_string(&summary)?);

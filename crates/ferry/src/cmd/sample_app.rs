@@ -50,6 +50,11 @@ pub struct SampleAppSummary {
     pub stalls: Vec<Stall>,
     pub last_job_id: i64,
     pub stopped_by: String,
+    /// When the application moved to PostgreSQL (`--switch-to`), and what it committed there.
+    pub switched_unix_micros: Option<i64>,
+    pub pg_commits: u64,
+    /// Jobs the application inserted on PostgreSQL.
+    pub pg_job_ids: Vec<i64>,
 }
 
 #[derive(Debug, Serialize, Clone, Copy)]
@@ -76,6 +81,8 @@ pub struct SampleAppOptions {
     pub checkpoint_every: u64,
     /// PASSIVE, FULL, RESTART or TRUNCATE.
     pub checkpoint_mode: String,
+    /// PostgreSQL URL and schema to move to when the flag is set (a cutover's switch).
+    pub switch_to: Option<(String, String, Arc<AtomicBool>)>,
 }
 
 /// Creates the schema and initial data (idempotent).
@@ -141,16 +148,27 @@ pub fn run(
     let mut summary = SampleAppSummary::default();
     let started = Instant::now();
     let mut n: u64 = 0;
+    let switch = opts.switch_to.as_ref().map(|(_, _, f)| f.clone());
     let watcher = {
         let stop = stop.clone();
+        let switch = switch.clone();
         std::thread::spawn(move || {
-            // Ends when asked to stop, or when the run ends by itself (duration).
-            while !stop.load(Ordering::SeqCst) && !STOP_BUSY_WAIT.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(5));
+            // Ends when asked to stop or to switch (a write SQLite holds up gives up: the
+            // application moves on), or when the run ends by itself (duration).
+            let switching = || switch.as_ref().is_some_and(|f| f.load(Ordering::SeqCst));
+            while !stop.load(Ordering::SeqCst)
+                && !STOP_BUSY_WAIT.load(Ordering::SeqCst)
+                && !switching()
+            {
+                std::thread::sleep(Duration::from_millis(1));
             }
             STOP_BUSY_WAIT.store(true, Ordering::SeqCst);
         })
     };
+    // A stall lasts from the start of the first attempt that did not commit to the next
+    // commit, wherever that is (a write given up during a switch continues on PostgreSQL).
+    let mut stall_began: Option<(Instant, i64)> = None;
+    let mut on_postgres: Option<PgApp> = None;
     loop {
         if stop.load(Ordering::Relaxed) {
             summary.stopped_by = "signal".into();
@@ -167,9 +185,33 @@ pub fn run(
             }
         }
         n += 1;
-        let t0 = Instant::now();
-        let began_unix_micros = ferry_core::now_micros();
-        let result = one_transaction(&mut conn, &mut rng, n);
+        let (t0, began_unix_micros) =
+            stall_began.unwrap_or_else(|| (Instant::now(), ferry_core::now_micros()));
+        if on_postgres.is_none()
+            && let (Some((url, schema, flag)), Some(_)) = (&opts.switch_to, &switch)
+            && flag.load(Ordering::SeqCst)
+        {
+            on_postgres = Some(PgApp::connect(url, schema)?);
+            summary.switched_unix_micros = Some(ferry_core::now_micros());
+        }
+        let result = match &mut on_postgres {
+            Some(pg) => match pg.one_transaction(&mut rng, n) {
+                Ok(job) => {
+                    summary.pg_commits += 1;
+                    summary.pg_job_ids.push(job);
+                    Ok(0)
+                }
+                Err(e) => return Err(e).context("sample application transaction on PostgreSQL"),
+            },
+            None => one_transaction(&mut conn, &mut rng, n),
+        };
+        if result.as_ref().is_err_and(is_busy) {
+            // Not committed: the stall goes on.
+            stall_began = Some((t0, began_unix_micros));
+            summary.busy_retries += 1;
+            continue;
+        }
+        stall_began = None;
         let stall = t0.elapsed().as_secs_f64() * 1000.0;
         // A transaction that waited and then gave up (stopped, or busy past the limit) was
         // a stall too: the application could not write for that long.
@@ -193,6 +235,7 @@ pub fn run(
                     summary.last_job_id = last_job;
                 }
                 if opts.checkpoint_every > 0
+                    && on_postgres.is_none()
                     && summary.commits.is_multiple_of(opts.checkpoint_every)
                 {
                     let sql = format!("PRAGMA wal_checkpoint({})", opts.checkpoint_mode);
@@ -203,7 +246,6 @@ pub fn run(
                     }
                 }
             }
-            Err(e) if is_busy(&e) => summary.busy_retries += 1,
             Err(e) => return Err(e).context("sample application transaction"),
         }
     }
@@ -284,4 +326,62 @@ fn one_transaction(conn: &mut Connection, rng: &mut Rng, n: u64) -> Result<i64, 
     }
     tx.commit()?;
     Ok(job)
+}
+
+/// The sample application after its switch: the same kind of work on PostgreSQL, the way the
+/// real application continues after a cutover (new jobs take ids from the sequences the
+/// cutover moved past SQLite's highest ids).
+struct PgApp {
+    rt: tokio::runtime::Runtime,
+    client: tokio_postgres::Client,
+    schema: String,
+}
+
+impl PgApp {
+    fn connect(url: &str, schema: &str) -> anyhow::Result<PgApp> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (client, connection) = rt
+            .block_on(tokio_postgres::connect(url, tokio_postgres::NoTls))
+            .context("the sample application connecting to PostgreSQL")?;
+        rt.spawn(connection);
+        Ok(PgApp {
+            rt,
+            client,
+            schema: schema.to_string(),
+        })
+    }
+
+    fn one_transaction(&mut self, rng: &mut Rng, n: u64) -> anyhow::Result<i64> {
+        let s = crate::sqlite_read::quote(&self.schema);
+        let user = 1 + rng.below(50) as i64;
+        let payload = vec![(n % 256) as u8; rng.below(200) as usize];
+        let score = rng.below(1000) as f64 / 8.0;
+        let next = ["running", "done", "failed"][rng.below(3) as usize];
+        let setting = format!("k{}", rng.below(20));
+        let value = format!("v{n}");
+        self.rt.block_on(async {
+            let tx = self.client.transaction().await?;
+            let job: i64 = tx
+                .query_one(
+                    &format!("INSERT INTO {s}.jobs (user_id, state, payload, score, updated_at) VALUES ($1, 'queued', $2, $3, now()::text) RETURNING id"),
+                    &[&user, &payload, &score],
+                )
+                .await?
+                .get(0);
+            tx.execute(
+                &format!("UPDATE {s}.jobs SET state = $1, updated_at = now()::text WHERE id = $2"),
+                &[&next, &(1 + (rng.below(job as u64) as i64))],
+            )
+            .await?;
+            tx.execute(
+                &format!("INSERT INTO {s}.settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value"),
+                &[&setting, &value],
+            )
+            .await?;
+            tx.commit().await?;
+            anyhow::Ok(job)
+        })
+    }
 }
