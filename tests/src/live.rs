@@ -23,12 +23,25 @@ impl FerryRun {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        FerryRun::start_with_env(state, args, std::iter::empty::<(&str, &str)>())
+    }
+
+    /// [`FerryRun::start`] with extra environment variables (`FERRY_…`).
+    pub fn start_with_env<I, S, E, K, V>(state: &Path, args: I, env: E) -> FerryRun
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+        E: IntoIterator<Item = (K, V)>,
+        K: AsRef<OsStr>,
+        V: AsRef<OsStr>,
+    {
         let child = ferry()
             .arg("run")
             .arg("--state-dir")
             .arg(state)
             .args(["--admin-addr", "127.0.0.1:0"])
             .args(args)
+            .envs(env)
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()

@@ -171,6 +171,9 @@ pub struct RunArgs {
     /// Take a base backup this often, e.g. "6h" (overrides `[archive] base_interval`).
     #[arg(long, env = "FERRY_BASE_INTERVAL", requires = "archive_dir")]
     pub base_interval: Option<String>,
+    /// A file holding PostgreSQL's password (overrides `[target] password_file`).
+    #[arg(long, env = "FERRY_PASSWORD_FILE")]
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -91,6 +91,34 @@ fn merge_config(args: &RunArgs) -> anyhow::Result<Config> {
             exclude: vec![],
         }];
     }
+    if args.source.is_none() {
+        // With --config, the per-source flags (and their FERRY_ variables) override the one
+        // source's settings; with several sources they would be ambiguous.
+        let t = &args.target;
+        let overridden = t.schema != "public"
+            || !t.table_prefix.is_empty()
+            || !matches!(t.mode, TargetModeArg::Create);
+        if overridden {
+            anyhow::ensure!(
+                cfg.sources.len() == 1,
+                "--schema, --table-prefix and --mode (FERRY_SCHEMA, FERRY_TABLE_PREFIX, FERRY_MODE) set one source's target, but the configuration has {} sources: set them in each [[source]]",
+                cfg.sources.len()
+            );
+            let src = &mut cfg.sources[0];
+            if t.schema != "public" {
+                src.schema = t.schema.clone();
+            }
+            if !t.table_prefix.is_empty() {
+                src.table_prefix = t.table_prefix.clone();
+            }
+            if let TargetModeArg::Existing = t.mode {
+                src.mode = "existing".into();
+            }
+        }
+    }
+    if let Some(p) = &args.password_file {
+        cfg.target.password_file = Some(p.clone());
+    }
     if let Some(d) = &args.state_dir {
         cfg.state_dir = Some(d.clone());
     }
@@ -132,12 +160,27 @@ fn target_of(cfg: &Config) -> anyhow::Result<PgTarget> {
         let pf = pf.to_string_lossy();
         if url.contains("://") {
             url.push(if url.contains('?') { '&' } else { '?' });
-            url.push_str(&format!("password_file={pf}"));
+            url.push_str(&format!("password_file={}", percent_encode(&pf)));
         } else {
-            url.push_str(&format!(" password_file={pf}"));
+            // libpq's key=value form: single quotes, with \ and ' escaped.
+            let quoted = pf.replace('\\', "\\\\").replace('\'', "\\'");
+            url.push_str(&format!(" password_file='{quoted}'"));
         }
     }
     PgTarget::parse(&url).context("the PostgreSQL target")
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters and `/`.
+fn percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
