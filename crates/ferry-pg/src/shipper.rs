@@ -72,6 +72,8 @@ pub const DEFAULT_BATCH_MAX_RECORDS: usize = 10_000;
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 16 << 20;
 pub const DEFAULT_BATCH_MAX_DELAY: Duration = Duration::from_millis(100);
 pub const DEFAULT_LOAD_CONNECTIONS: usize = 4;
+/// How long the first pass over a snapshot waits for a log that stopped growing inside it.
+const SNAPSHOT_WRITER_SILENCE: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct ShipOptions {
@@ -743,14 +745,25 @@ impl Shipper {
         let mut last_log = Instant::now();
         let mut last_table = String::new();
         let mut after = begin_lsn;
+        let mut last_record = Instant::now();
         loop {
             let recs = read_source(source, after, SNAPSHOT_READ_RECORDS, Duration::from_secs(1))?;
             if recs.is_empty() {
+                // Capture may still be writing the snapshot (a large table, a slow disk): wait
+                // while it makes progress; a log that stays still inside a snapshot is an
+                // abandoned one.
+                if last_record.elapsed() < SNAPSHOT_WRITER_SILENCE {
+                    continue;
+                }
                 return Err(PgError::Record {
                     lsn: after.next(),
-                    reason: "the snapshot has no SnapshotEnd yet (the capture is still writing it, or the log ends inside it); start ferry ship once the snapshot is complete".into(),
+                    reason: format!(
+                        "the snapshot has no SnapshotEnd and nothing was added to the log for {}s (the capture that wrote it stopped, or the log ends inside it); start ferry ship once the snapshot is complete",
+                        SNAPSHOT_WRITER_SILENCE.as_secs()
+                    ),
                 });
             }
+            last_record = Instant::now();
             for (lsn, rec) in recs {
                 after = lsn;
                 if let Record::SnapshotRows(rows) = &rec

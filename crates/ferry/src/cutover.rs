@@ -425,6 +425,7 @@ async fn cutover(
         format!("write lock held on {} sources", fences.len()),
     )
     .await?;
+    let sqlite_counts: Vec<_> = ctx.sources.iter().map(|s| start_sqlite_counts(s)).collect();
     // 4. drain
     let mut drained = Vec::new();
     for src in &ctx.sources {
@@ -449,15 +450,19 @@ async fn cutover(
         ),
     )
     .await?;
-    // 5. verify under the fence: nothing moves, so every comparison is exact.
-    for (i, src) in ctx.sources.iter().enumerate() {
-        let whole = full || schema_changed_between(src, pre_lsn[i], drained[i])?;
-        let (results, what) = if whole {
-            (
-                verify_source(ctx, src, None).await?,
-                "every row".to_string(),
-            )
-        } else {
+    // 5. verify under the fence: nothing moves, so every comparison is exact. The counts
+    // run beside the comparison by key.
+    for ((i, src), sqlite_counts) in ctx.sources.iter().enumerate().zip(sqlite_counts) {
+        let sqlite_counts = sqlite_counts.await??;
+        let counts = counts_equal(ctx, src, sqlite_counts);
+        let compare = async {
+            let whole = full || schema_changed_between(src, pre_lsn[i], drained[i])?;
+            if whole {
+                return anyhow::Ok((
+                    verify_source(ctx, src, None).await?,
+                    "every row".to_string(),
+                ));
+            }
             let keys = keys_changed_between(src, pre_lsn[i], drained[i])?;
             let n: usize = keys.values().map(|k| k.len()).sum();
             let results = if n == 0 {
@@ -465,17 +470,18 @@ async fn cutover(
             } else {
                 verify_source(ctx, src, Some(keys)).await?
             };
-            (
+            Ok((
                 results,
                 format!("the {n} rows changed since LSN {}", pre_lsn[i]),
-            )
+            ))
         };
+        let (counted, compared) = tokio::join!(counts, compare);
+        let (results, what) = compared?;
         if let Some(bad) = first_difference(&results) {
             anyhow::bail!("source {}: {bad} under the fence", src.id);
         }
-        phases.lap("verify_keys");
-        counts_equal(ctx, src).await?;
-        phases.lap("counts");
+        counted?;
+        phases.lap("verify");
         step(
             conv,
             "verify",
@@ -621,40 +627,47 @@ async fn report_done(
     Ok(())
 }
 
-/// `count(*)` of every shipped table, both sides at once: SQLite's in one read transaction on
-/// a thread of its own, PostgreSQL's each on a connection of its own (the counts of the
-/// largest tables are most of the cutover's pause).
-async fn counts_equal(ctx: &RunContext, src: &SourceRuntime) -> anyhow::Result<()> {
+/// SQLite's `count(*)` of every shipped table, in one read transaction on a thread of its
+/// own: started as soon as the fence holds (nothing moves in SQLite from then on), while the
+/// drain runs.
+fn start_sqlite_counts(
+    src: &SourceRuntime,
+) -> tokio::task::JoinHandle<anyhow::Result<Vec<(String, i64)>>> {
     let path = src.path.clone();
     let filter = src.ship_options.clone();
-    let tables = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<String>> {
-        let conn = crate::sqlite_read::open_read_only(&path)?;
-        Ok(crate::sqlite_read::tables(&conn)?
-            .into_iter()
-            .map(|t| t.name)
-            .filter(|t| filter.includes(t))
-            .collect())
-    })
-    .await??;
-    let path = src.path.clone();
-    let names = tables.clone();
-    let sqlite_counts = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<i64>> {
+    tokio::task::spawn_blocking(move || {
         let conn = crate::sqlite_read::open_read_only(&path)?;
         conn.execute_batch("BEGIN")?;
         let mut out = Vec::new();
-        for t in &names {
-            out.push(conn.query_row(
-                &format!("SELECT count(*) FROM {}", crate::sqlite_read::quote(t)),
+        for t in crate::sqlite_read::tables(&conn)? {
+            if !filter.includes(&t.name) {
+                continue;
+            }
+            let n: i64 = conn.query_row(
+                &format!(
+                    "SELECT count(*) FROM {}",
+                    crate::sqlite_read::quote(&t.name)
+                ),
                 [],
                 |r| r.get(0),
-            )?);
+            )?;
+            out.push((t.name, n));
         }
         conn.execute_batch("COMMIT")?;
         Ok(out)
-    });
+    })
+}
+
+/// PostgreSQL's `count(*)` of these tables, each on a connection of its own (the counts of
+/// the largest tables are most of the cutover's pause), compared with SQLite's.
+async fn counts_equal(
+    ctx: &RunContext,
+    src: &SourceRuntime,
+    sqlite: Vec<(String, i64)>,
+) -> anyhow::Result<()> {
     let opts = map_options(src);
     let mut pg_counts = tokio::task::JoinSet::new();
-    for (i, table) in tables.iter().enumerate() {
+    for (i, (table, _)) in sqlite.iter().enumerate() {
         let q = format!(
             "SELECT count(*) FROM {}",
             ferry_pg::ident::qualified(&opts.schema, &opts.target_table_name(table))
@@ -670,15 +683,14 @@ async fn counts_equal(ctx: &RunContext, src: &SourceRuntime) -> anyhow::Result<(
             anyhow::Ok((i, n))
         });
     }
-    let mut pg = vec![0i64; tables.len()];
+    let mut pg = vec![0i64; sqlite.len()];
     while let Some(r) = pg_counts.join_next().await {
         let (i, n) = r??;
         pg[i] = n;
     }
-    let sqlite = sqlite_counts.await??;
-    for ((table, n), p) in tables.iter().zip(sqlite).zip(pg) {
+    for ((table, n), p) in sqlite.iter().zip(pg) {
         anyhow::ensure!(
-            p == n,
+            p == *n,
             "source {}: table {table} has {n} rows in SQLite but {p} in PostgreSQL",
             src.id
         );
