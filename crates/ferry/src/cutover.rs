@@ -30,6 +30,7 @@ use crate::status::SourceState;
 use anyhow::Context;
 use ferry_core::{CutoverRecord, Lsn, Record};
 use ferry_pg::mapping::MapOptions;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -148,7 +149,7 @@ fn map_options(src: &SourceRuntime) -> MapOptions {
 async fn verify_source(
     ctx: &RunContext,
     src: &SourceRuntime,
-    keys: Option<ChangedKeys>,
+    keys: Option<(ChangedKeys, HashSet<String>)>,
 ) -> anyhow::Result<Vec<crate::cmd::verify::TableResult>> {
     let target = ctx.target.clone();
     let path = src.path.clone();
@@ -160,7 +161,7 @@ async fn verify_source(
             .enable_all()
             .build()?;
         let rows = match &keys {
-            Some(k) => Rows::Keys(k),
+            Some((keys, whole)) => Rows::Keys { keys, whole },
             None => Rows::All,
         };
         crate::cmd::verify::verify_tables(&rt, &target, &path, &opts, &|t| filter.includes(t), rows)
@@ -239,6 +240,20 @@ fn schema_changed_between(src: &SourceRuntime, from: Lsn, to: Lsn) -> anyhow::Re
         }
     }
     Ok(false)
+}
+
+/// Splits changed keys into tables compared by key and tables compared whole: reading a
+/// third of a table by key costs more than reading all of it in order.
+fn by_key_or_whole(
+    keys: ChangedKeys,
+    table_rows: &HashMap<String, u64>,
+) -> (ChangedKeys, HashSet<String>) {
+    let whole = keys
+        .iter()
+        .filter(|(t, k)| (k.len() as u64) * 3 >= table_rows.get(*t).copied().unwrap_or(0))
+        .map(|(t, _)| t.clone())
+        .collect();
+    (keys, whole)
 }
 
 /// How long each step under the fence took (the window, itemised for the operator).
@@ -349,6 +364,7 @@ async fn cutover(
     }
     // 1. pre-verify
     let mut pre_lsn = Vec::new();
+    let mut table_rows = Vec::new();
     for src in &ctx.sources {
         wait_applied(src, src.log.durable_lsn(), lag_wait).await?;
         let at = src.log.durable_lsn();
@@ -363,6 +379,13 @@ async fn cutover(
         )
         .await?;
         let results = verify_source(ctx, src, None).await?;
+        table_rows.push(
+            results
+                .iter()
+                .map(|r| (r.table.clone(), r.comparison.left_rows))
+                .collect::<HashMap<_, _>>(),
+        );
+        let rows_of = table_rows.last().cloned().unwrap_or_default();
         let mut verified_at = settle(src, results, at, lag_wait).await?;
         // 1b. What changed during the pre-verify, compared by key while the application
         // still writes, so that the fence is left with about a second's worth of keys.
@@ -386,7 +409,7 @@ async fn cutover(
                 ),
             )
             .await?;
-            let results = verify_source(ctx, src, Some(keys)).await?;
+            let results = verify_source(ctx, src, Some(by_key_or_whole(keys, &rows_of))).await?;
             verified_at = settle(src, results, now, lag_wait).await?;
         }
         pre_lsn.push(verified_at);
@@ -404,6 +427,12 @@ async fn cutover(
         }
     }
     step(conv, "catch_up", "lag is within bounds".into()).await?;
+    let mut sequence_plans = Vec::new();
+    let mut planned_at = Vec::new();
+    for src in &ctx.sources {
+        planned_at.push(src.log.durable_lsn());
+        sequence_plans.push(plan_sequences(ctx, src).await?);
+    }
     // 3. fence every source
     let fenced_at = Instant::now();
     let fenced_wall = ferry_core::now_micros();
@@ -468,7 +497,7 @@ async fn cutover(
             let results = if n == 0 {
                 vec![]
             } else {
-                verify_source(ctx, src, Some(keys)).await?
+                verify_source(ctx, src, Some(by_key_or_whole(keys, &table_rows[i]))).await?
             };
             Ok((
                 results,
@@ -489,10 +518,13 @@ async fn cutover(
         )
         .await?;
     }
-    // 6. sequences
+    // 6. sequences (planned again if a schema changed since the plan)
     let mut moved = 0;
-    for src in &ctx.sources {
-        moved += advance_sequences(ctx, src).await?;
+    for ((i, src), plan) in ctx.sources.iter().enumerate().zip(&mut sequence_plans) {
+        if schema_changed_between(src, planned_at[i], drained[i])? {
+            *plan = plan_sequences(ctx, src).await?;
+        }
+        moved += plan.run().await?;
     }
     phases.lap("sequences");
     step(
@@ -522,7 +554,7 @@ async fn cutover(
     }
     // 8. record the cutover: ferry.progress, the log's Cutover record (the end of the
     // SQLite history; shipping never passes it) and cutover.json for later runs.
-    record_cutover(ctx, &drained).await.map_err(|e| {
+    record_cutover(ctx, &drained, &sequence_plans).await.map_err(|e| {
         anyhow::Error::new(AfterSwitch(format!(
             "the switch succeeded, but recording the cutover failed: {e:#}; SQLite stays fenced while this ferry runs — record it before restarting ferry"
         )))
@@ -550,10 +582,14 @@ impl std::fmt::Display for AfterSwitch {
 
 impl std::error::Error for AfterSwitch {}
 
-async fn record_cutover(ctx: &Arc<RunContext>, drained: &[Lsn]) -> anyhow::Result<()> {
-    for (i, src) in ctx.sources.iter().enumerate() {
-        let client = ctx.target.connect().await?;
-        client
+/// Records the cutover on the connections opened before the fence (one per source).
+async fn record_cutover(
+    ctx: &Arc<RunContext>,
+    drained: &[Lsn],
+    plans: &[SequencePlan],
+) -> anyhow::Result<()> {
+    for ((i, src), plan) in ctx.sources.iter().enumerate().zip(plans) {
+        plan.client
             .execute(
                 "UPDATE ferry.progress SET cutover_at = now() WHERE source_id = $1",
                 &[&src.id],
@@ -698,7 +734,24 @@ async fn counts_equal(
     Ok(())
 }
 
-async fn advance_sequences(ctx: &RunContext, src: &SourceRuntime) -> anyhow::Result<usize> {
+/// What moving a source's sequences needs, looked up before the fence (SQLite's schemas,
+/// PostgreSQL's catalog, a connection), so that under the fence only the moves run.
+struct SequencePlan {
+    client: tokio_postgres::Client,
+    maps: Vec<ferry_pg::mapping::TableMap>,
+    sqlite_sequence: Option<ferry_pg::mapping::TableMap>,
+}
+
+impl SequencePlan {
+    async fn run(&self) -> anyhow::Result<usize> {
+        let moved =
+            ferry_pg::advance_sequences(&self.client, &self.maps, self.sqlite_sequence.as_ref())
+                .await?;
+        Ok(moved.len())
+    }
+}
+
+async fn plan_sequences(ctx: &RunContext, src: &SourceRuntime) -> anyhow::Result<SequencePlan> {
     let path = src.path.clone();
     let (schemas, seq_schema) = tokio::task::spawn_blocking(
         move || -> anyhow::Result<(Vec<ferry_core::TableSchema>, Option<ferry_core::TableSchema>)> {
@@ -752,6 +805,9 @@ async fn advance_sequences(ctx: &RunContext, src: &SourceRuntime) -> anyhow::Res
             sqlite_sequence = ferry_pg::map_onto(seq, &ct, opts.keep_case, &mut problems);
         }
     }
-    let moved = ferry_pg::advance_sequences(&client, &maps, sqlite_sequence.as_ref()).await?;
-    Ok(moved.len())
+    Ok(SequencePlan {
+        client,
+        maps,
+        sqlite_sequence,
+    })
 }

@@ -142,7 +142,10 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 if pending.values().all(HashSet::is_empty) {
                     break;
                 }
-                let (again, changed) = pass(Rows::Keys(&pending))?;
+                let (again, changed) = pass(Rows::Keys {
+                    keys: &pending,
+                    whole: &HashSet::new(),
+                })?;
                 let still = in_flight_keys(&again, &changed);
                 for r in again {
                     let Some(total) = results.iter_mut().find(|t| t.table == r.table) else {
@@ -250,10 +253,14 @@ fn wait_for_status(
 pub enum Rows<'a> {
     /// Every row of every table.
     All,
-    /// Only these keys; a table without an entry is not read. The cutover compares under its
-    /// fence only what changed since its full pre-verify, so its write pause does not grow
-    /// with the tables.
-    Keys(&'a ChangedKeys),
+    /// Only these keys, and every row of the tables in `whole`; other tables are not read.
+    /// The cutover compares under its fence only what changed since its full pre-verify, so
+    /// its write pause does not grow with the tables (a table of which a large part changed is
+    /// read whole: cheaper than by key).
+    Keys {
+        keys: &'a ChangedKeys,
+        whole: &'a HashSet<String>,
+    },
 }
 
 /// Compares the tables of `db` that `includes` selects (the tables `ferry run` ships) with
@@ -275,7 +282,9 @@ pub fn verify_tables(
         .filter(|t| includes(&t.name))
         .filter(|t| match rows {
             Rows::All => true,
-            Rows::Keys(keys) => keys.get(&t.name).is_some_and(|k| !k.is_empty()),
+            Rows::Keys { keys, whole } => {
+                whole.contains(&t.name) || keys.get(&t.name).is_some_and(|k| !k.is_empty())
+            }
         })
         .collect();
     let client = rt
@@ -285,7 +294,7 @@ pub fn verify_tables(
         indicatif::ProgressStyle::with_template("verify {bar:30} {pos}/{len} tables {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    if matches!(rows, Rows::Keys(_)) {
+    if matches!(rows, Rows::Keys { .. }) {
         progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
     }
     let mut out = Vec::new();
@@ -302,11 +311,11 @@ pub fn verify_tables(
             eprintln!("table {:?}: {}", t.name, problems.join("; "));
         }
         let comparison = match (rows, &map) {
-            (Rows::Keys(keys), map) => {
+            (Rows::Keys { keys, whole }, map) if !whole.contains(&t.name) => {
                 let keys = keys.get(&t.name).cloned().unwrap_or_default();
                 compare_keys(rt, &client, &conn, t, map.as_ref(), keys)?
             }
-            (Rows::All, None) => {
+            (_, None) => {
                 // The table (or its columns) is not in PostgreSQL: every row is missing.
                 let mut c = Comparison::default();
                 sqlite_read::for_each_row(&conn, t, |k, _| {
@@ -323,7 +332,7 @@ pub fn verify_tables(
                 })?;
                 c
             }
-            (Rows::All, Some(map)) => compare_table(rt, &client, &conn, t, map)?,
+            (_, Some(map)) => compare_table(rt, &client, &conn, t, map)?,
         };
         out.push(TableResult {
             table: t.name.clone(),
