@@ -229,6 +229,13 @@ fn run_verify_cutover_under_load_then_writes_after_cutover_are_reported() {
         "a write after the cutover is never shipped over PostgreSQL"
     );
     assert!(run.stop().success());
+    // With no ferry running, status still tells the cutover and the write after it.
+    let (code, report) = status_of(&state);
+    assert_eq!(code, 2, "{report}");
+    let st = &report["sources"][0];
+    assert_eq!(st["state"], "cut_over", "{st}");
+    assert!(st["cutover_at"].is_string(), "{st}");
+    assert!(st["writes_after_cutover"].as_u64().unwrap() >= 1, "{st}");
 }
 
 /// A failing switch command, or a difference between the two sides, aborts the cutover: the

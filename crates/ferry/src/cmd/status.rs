@@ -82,6 +82,30 @@ fn offline_report(dir: &StateDir) -> anyhow::Result<StatusReport> {
                 s.last_error = Some(format!("{e:#}"));
             }
         }
+        // A cut-over source: its SQLite history ends at the cutover record, so the lag ends
+        // there too; anything captured after it is a write behind PostgreSQL's back.
+        match crate::cutover_mark::CutoverMark::read(&dir.source_dir(&id)) {
+            Ok(Some(mark)) => {
+                if s.state != SourceState::Error {
+                    s.state = SourceState::CutOver;
+                }
+                s.cutover_at = Some(mark.at.clone());
+                s.lag_records = mark.last_applied.saturating_sub(s.shipped_lsn);
+                if s.captured_lsn > mark.cutover_lsn {
+                    s.writes_after_cutover = s.captured_lsn - mark.cutover_lsn;
+                    s.last_error = Some(format!(
+                        "the log holds {} records after the cutover (LSN {}): something wrote to SQLite after the cutover",
+                        s.captured_lsn - mark.cutover_lsn,
+                        mark.cutover_lsn
+                    ));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                s.state = SourceState::Error;
+                s.last_error = Some(format!("{e:#}"));
+            }
+        }
         sources.push(s);
     }
     sources.sort_by(|a, b| a.source.cmp(&b.source));
