@@ -164,7 +164,17 @@ async fn verify_source(
             Some((keys, whole)) => Rows::Keys { keys, whole },
             None => Rows::All,
         };
-        crate::cmd::verify::verify_tables(&rt, &target, &path, &opts, &|t| filter.includes(t), rows)
+        // Live rounds read in chunks (the application's checkpoints must not wait on them);
+        // under the fence nothing moves and chunks cost nothing either.
+        crate::cmd::verify::verify_tables(
+            &rt,
+            &target,
+            &path,
+            &opts,
+            &|t| filter.includes(t),
+            rows,
+            crate::cmd::verify::Reading::Chunks,
+        )
     })
     .await?
 }

@@ -112,7 +112,15 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     });
     let mut unsettled = 0;
     let mut results = match live {
-        None => verify_tables(&rt, &target, &args.source, &map_opts, &includes, Rows::All)?,
+        None => verify_tables(
+            &rt,
+            &target,
+            &args.source,
+            &map_opts,
+            &includes,
+            Rows::All,
+            Reading::OneSnapshot,
+        )?,
         Some((dir, rf)) => {
             let log_dir = crate::cmd::log::log_dir(dir, args.source_id.as_deref())?;
             let log = ferry_log::open_read_only(&log_dir)
@@ -120,8 +128,15 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             let pass = |rows: Rows<'_>| -> anyhow::Result<(Vec<TableResult>, ChangedKeys)> {
                 let l0 = log.durable_lsn()?;
                 wait_for_shipped(&rf.admin_addr, l0, Duration::from_secs(120))?;
-                let results =
-                    verify_tables(&rt, &target, &args.source, &map_opts, &includes, rows)?;
+                let results = verify_tables(
+                    &rt,
+                    &target,
+                    &args.source,
+                    &map_opts,
+                    &includes,
+                    rows,
+                    Reading::Chunks,
+                )?;
                 // Every commit SQLite's read saw must be in the log before `l1` is taken, or
                 // its key would not be set aside: wait for a capture pass that began after the
                 // read and found nothing unread. (A fixed pause was not enough on a loaded
@@ -263,6 +278,18 @@ pub enum Rows<'a> {
     },
 }
 
+/// How verify reads SQLite.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    /// One read transaction: every table from the same snapshot (offline: nothing writes).
+    OneSnapshot,
+    /// Short read transactions, a chunk of rows each (live: the comparison sets aside what
+    /// changed meanwhile). A read transaction held for a whole large table would make the
+    /// application's own FULL/RESTART/TRUNCATE checkpoints, and its writers behind them, wait
+    /// for as long as verify reads.
+    Chunks,
+}
+
 /// Compares the tables of `db` that `includes` selects (the tables `ferry run` ships) with
 /// PostgreSQL: every row, or only some keys.
 pub fn verify_tables(
@@ -272,11 +299,13 @@ pub fn verify_tables(
     map_opts: &MapOptions,
     includes: &dyn Fn(&str) -> bool,
     rows: Rows<'_>,
+    reading: Reading,
 ) -> anyhow::Result<Vec<TableResult>> {
     let conn = sqlite_read::open_read_only(db)
         .with_context(|| format!("opening {} read-only", db.display()))?;
-    // One read transaction: every table from the same snapshot.
-    conn.execute_batch("BEGIN")?;
+    if reading == Reading::OneSnapshot {
+        conn.execute_batch("BEGIN")?;
+    }
     let tables: Vec<VerifyTable> = sqlite_read::tables(&conn)?
         .into_iter()
         .filter(|t| includes(&t.name))
@@ -347,7 +376,9 @@ pub fn verify_tables(
         progress.inc(1);
     }
     progress.finish_and_clear();
-    conn.execute_batch("COMMIT")?;
+    if reading == Reading::OneSnapshot {
+        conn.execute_batch("COMMIT")?;
+    }
     Ok(out)
 }
 
@@ -443,14 +474,11 @@ fn compare_table(
                 }
             }
         });
-        let mut stmt = conn.prepare(&sqlite_read::select_in_key_order(t))?;
-        let mut rows = stmt.query([])?;
-        let left = std::iter::from_fn(|| match rows.next() {
-            Ok(Some(r)) => Some(
-                sqlite_read::key_and_row(t, r)
-                    .map(|(k, v)| (k.clone(), (k, v)))
-                    .map_err(anyhow::Error::new),
-            ),
+        // In chunks either way; inside one read transaction (`Reading::OneSnapshot`) they
+        // read one snapshot.
+        let mut chunks = sqlite_read::ChunkedRows::new(conn, t, PAGE);
+        let left = std::iter::from_fn(|| match chunks.next_row() {
+            Ok(Some((k, v))) => Some(Ok((k.clone(), (k, v)))),
             Ok(None) => None,
             Err(e) => Some(Err(anyhow::Error::new(e))),
         });
