@@ -70,6 +70,9 @@ pub struct ServerOptions {
     pub parent_dir: Option<PathBuf>,
     /// How long to wait for the server to accept connections.
     pub ready_timeout: Duration,
+    /// Let the server outlive this process (`ferry demo --keep`). By default it is killed
+    /// when the process that started it dies, so a crashed test leaves no server behind.
+    pub outlive_parent: bool,
 }
 
 impl Default for ServerOptions {
@@ -79,6 +82,7 @@ impl Default for ServerOptions {
             settings: Vec::new(),
             parent_dir: None,
             ready_timeout: Duration::from_secs(60),
+            outlive_parent: false,
         }
     }
 }
@@ -309,9 +313,13 @@ impl LocalServer {
             .stderr(Stdio::from(log2))
             .process_group(0);
         as_server_user(&mut cmd, ids);
+        let outlive_parent = opts.outlive_parent;
         // SAFETY: prctl is async-signal-safe; it runs in the child before exec.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
+                if outlive_parent {
+                    return Ok(());
+                }
                 libc::prctl(
                     libc::PR_SET_PDEATHSIG,
                     libc::SIGQUIT as libc::c_ulong,

@@ -6,8 +6,9 @@
 //!    SQLite database;
 //! 3. `ferry run` replicating it live, watched through its `/status` endpoint (rows, lag);
 //! 4. `ferry verify` proving equality while the application still writes;
-//! 5. `ferry cutover`, whose switch command stops the application, and the measured window;
-//! 6. a new row inserted into PostgreSQL to show the application could continue there;
+//! 5. `ferry cutover`, whose switch command moves the application to PostgreSQL, where it
+//!    keeps writing, and the measured window beside the application's own longest stall;
+//! 6. a new row inserted into PostgreSQL by hand, taking the next id;
 //! 7. clean-up, unless `--keep`.
 //!
 //! Each step is the same command an operator would run, so the demo is also an end-to-end
@@ -77,6 +78,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     print!("1. starting a throwaway PostgreSQL… ");
     let server = LocalServer::start(ServerOptions {
         fsync: false,
+        outlive_parent: args.keep,
         ..ServerOptions::default()
     })
     .context("starting the demo's PostgreSQL")?;
@@ -118,6 +120,8 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             "0",
             "--rate",
             "300",
+            "--switch-to",
+            &target,
             "--db",
         ])
         .arg(&db)
@@ -157,6 +161,10 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         std::thread::sleep(Duration::from_millis(100));
     };
     let watch_until = Instant::now() + Duration::from_secs(args.seconds);
+    // Rows written into PostgreSQL (inserted, updated, deleted) per second, and each table's
+    // rows there, beside ferry's own positions.
+    let written = "SELECT coalesce(sum(n_tup_ins + n_tup_upd + n_tup_del), 0) FROM pg_stat_user_tables WHERE schemaname = 'public'";
+    let counts = "SELECT string_agg(format('%s %s', c.relname, (xpath('/row/n/text()', query_to_xml(format('SELECT count(*) AS n FROM public.%I', c.relname), false, true, '')))[1]), ', ' ORDER BY c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'public' AND c.relkind = 'r'";
     let mut last = (Instant::now(), 0u64);
     while Instant::now() < watch_until {
         std::thread::sleep(Duration::from_secs(1));
@@ -164,27 +172,27 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             && let Ok(report) = serde_json::from_str::<crate::status::StatusReport>(&body)
             && let Some(s) = report.sources.first()
         {
-            let rate =
-                (s.shipped_lsn.saturating_sub(last.1)) as f64 / last.0.elapsed().as_secs_f64();
-            last = (Instant::now(), s.shipped_lsn);
+            let rows: u64 = server
+                .psql("demo", written)
+                .ok()
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(last.1);
+            let rate = rows.saturating_sub(last.1) as f64 / last.0.elapsed().as_secs_f64();
+            last = (Instant::now(), rows);
+            let tables = server.psql("demo", counts).unwrap_or_default();
             println!(
-                "   {:<12} captured {:>7}  shipped {:>7}  lag {:>5} records / {:>5.2} s  ({:>6.0} records/s)",
+                "   {:<12} lag {:>5} records / {:>5.2} s  {:>6.0} rows/s  PostgreSQL: {}",
                 format!("{:?}", s.state).to_lowercase(),
-                s.captured_lsn,
-                s.shipped_lsn,
                 s.lag_records,
                 s.lag_seconds,
-                rate
+                rate,
+                tables.trim()
             );
             if let Some(e) = &s.last_error {
                 bail!("ferry run reports an error: {e}");
             }
         }
     }
-    let counts = server
-        .psql("demo", "SELECT string_agg(relname || ' ' || n_live_tup, ', ' ORDER BY relname) FROM pg_stat_user_tables WHERE schemaname = 'public'")
-        .unwrap_or_default();
-    println!("   PostgreSQL tables (approximate rows): {}", counts.trim());
 
     // 4. verify while the application writes
     println!("4. ferry verify (the application is still writing)");
@@ -202,23 +210,36 @@ pub fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         _ => bail!("verify failed ({st})"),
     }
 
-    // 5. cutover; the switch command stops the application (a real one would restart it
-    // configured for PostgreSQL).
+    // 5. cutover; the switch command moves the application to PostgreSQL (SIGUSR1: the
+    // sample application reconnects there and keeps writing; a real one would be restarted
+    // with its PostgreSQL configuration).
     println!("5. ferry cutover");
     let app_pid = app.0.as_ref().map(|c| c.id()).unwrap_or(0);
     let st = Command::new(&exe)
         .args(["cutover", "--state-dir"])
         .arg(&state)
         .arg("--then")
-        .arg(format!("kill -TERM {app_pid}"))
+        .arg(format!("kill -USR1 {app_pid}"))
         .status()?;
     if !st.success() {
         bail!("cutover failed ({st})");
     }
+    std::thread::sleep(Duration::from_secs(1));
     if let Some(c) = app.0.take() {
+        // SAFETY: signalling our own child; it stops between transactions.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let out = c.wait_with_output()?;
-        let summary = String::from_utf8_lossy(&out.stdout);
-        println!("   the application's own view: {}", summary.trim());
+        let summary: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+        println!(
+            "   the application's own view: {} commits on SQLite, then {} on PostgreSQL; its longest stall {:.1} ms",
+            summary["commits"]
+                .as_u64()
+                .unwrap_or(0)
+                .saturating_sub(summary["pg_commits"].as_u64().unwrap_or(0)),
+            summary["pg_commits"],
+            summary["longest_stall_ms"].as_f64().unwrap_or(f64::NAN)
+        );
     }
 
     // 6. PostgreSQL carries on
