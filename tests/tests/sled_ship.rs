@@ -147,6 +147,43 @@ fn from_sled(db: &sled::Db) -> Expected {
 
 async fn from_pg(pg: &TestDb) -> Expected {
     let c = pg.connect().await;
+    // The decoder's types as PostgreSQL declares them: the JSON column is jsonb (not text),
+    // the default mapping `key bytea primary key, value bytea`.
+    let types: Vec<(String, String, String)> = c
+        .query(
+            "SELECT table_name::text, column_name::text, data_type::text \
+             FROM information_schema.columns WHERE table_schema = 'public' \
+             AND table_name IN ('users', 'sessions') ORDER BY table_name, ordinal_position",
+            &[],
+        )
+        .await
+        .expect("column types")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let t = |a: &str, b: &str, c: &str| (a.to_string(), b.to_string(), c.to_string());
+    assert_eq!(
+        types,
+        [
+            t("sessions", "key", "bytea"),
+            t("sessions", "value", "bytea"),
+            t("users", "id", "text"),
+            t("users", "doc", "jsonb"),
+        ]
+    );
+    let pk: Vec<String> = c
+        .query(
+            "SELECT a.attname::text FROM pg_index i JOIN pg_attribute a \
+             ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) \
+             WHERE i.indrelid = 'public.sessions'::regclass AND i.indisprimary",
+            &[],
+        )
+        .await
+        .expect("primary key")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(pk, ["key"], "sessions' primary key");
     let users = c
         .query("SELECT id, doc::text FROM public.users", &[])
         .await

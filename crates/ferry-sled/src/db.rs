@@ -39,8 +39,18 @@ use std::time::{Duration, Instant};
 
 /// Default bound of the outbox, in entries (one entry per captured transaction).
 pub const DEFAULT_OUTBOX_LIMIT: u64 = 100_000;
+/// Default bound of the outbox while the initial snapshot runs, in bytes of entries written
+/// since the snapshot's position ([`CaptureOptions::snapshot_outbox_bytes`]).
+pub const DEFAULT_SNAPSHOT_OUTBOX_BYTES: u64 = 256 << 20;
 /// Default time a writer waits for room in a full outbox before it fails.
 pub const DEFAULT_BACKPRESSURE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The largest encoded outbox entry a captured transaction may produce, by default and at
+/// most: half the log's record limit (`ferry_log::format::MAX_PAYLOAD_BYTES`). The log record
+/// the mover makes of an entry repeats each key (key columns, before row, after row) and tags
+/// every value; half the limit leaves room for that, so a transaction that would make a
+/// record the log refuses fails when it is written instead of stopping the mover for good.
+pub const MAX_ENTRY_BYTES: usize = ferry_log::format::MAX_PAYLOAD_BYTES / 2;
 
 /// Default shortest time between two mover cycles ([`CaptureOptions::mover_interval`]).
 pub const DEFAULT_MOVER_INTERVAL: Duration = Duration::from_millis(50);
@@ -61,11 +71,25 @@ pub struct CaptureOptions {
     pub flush_on_commit: bool,
     /// Writers wait when this many outbox entries are waiting for the mover. Admission is
     /// checked before the transaction without a lock, so each concurrently writing thread
-    /// may get one entry past it.
+    /// may get one entry past it. Not applied while the initial snapshot runs (see
+    /// [`CaptureOptions::snapshot_outbox_bytes`]), nor to the entries that piled up during it.
     pub outbox_limit: u64,
+    /// The bound of the outbox while the initial snapshot runs, in encoded bytes of the
+    /// entries committed since the snapshot's position. The mover moves nothing while it
+    /// snapshots (the log must hold the whole snapshot first), so an entry count would make
+    /// writers of a large database wait and fail; bytes bound what the snapshot holds in
+    /// memory instead: its undo map keeps the keys of those entries (not their values). The
+    /// outbox itself is on disk, in sled. The entries that piled up are moved after the
+    /// snapshot without counting against `outbox_limit`.
+    pub snapshot_outbox_bytes: u64,
     /// How long a writer waits for room before it fails with
     /// [`CaptureError::Backpressure`].
     pub backpressure_timeout: Duration,
+    /// The largest encoded outbox entry (all the before- and after-images of one
+    /// transaction) a captured write may produce; a larger one fails with
+    /// [`CaptureError::TransactionTooLarge`] and writes nothing. Values above
+    /// [`MAX_ENTRY_BYTES`] count as [`MAX_ENTRY_BYTES`].
+    pub max_entry_bytes: usize,
     /// Entries the mover moves per log append, at most.
     pub mover_batch_entries: usize,
     /// Encoded outbox bytes the mover moves per log append, at most (one entry may exceed it).
@@ -99,7 +123,9 @@ impl Default for CaptureOptions {
             decoder: Arc::new(BytesDecoder),
             flush_on_commit: false,
             outbox_limit: DEFAULT_OUTBOX_LIMIT,
+            snapshot_outbox_bytes: DEFAULT_SNAPSHOT_OUTBOX_BYTES,
             backpressure_timeout: DEFAULT_BACKPRESSURE_TIMEOUT,
+            max_entry_bytes: MAX_ENTRY_BYTES,
             mover_batch_entries: 1024,
             mover_batch_bytes: 4 << 20,
             mover_interval: DEFAULT_MOVER_INTERVAL,
@@ -118,6 +144,7 @@ impl std::fmt::Debug for CaptureOptions {
             .field("source_id", &self.source_id)
             .field("flush_on_commit", &self.flush_on_commit)
             .field("outbox_limit", &self.outbox_limit)
+            .field("snapshot_outbox_bytes", &self.snapshot_outbox_bytes)
             .field("backpressure_timeout", &self.backpressure_timeout)
             .field("mover_batch_entries", &self.mover_batch_entries)
             .field("mover_batch_bytes", &self.mover_batch_bytes)
@@ -148,6 +175,12 @@ pub(crate) struct Shared {
     pub committed: AtomicU64,
     /// Every entry up to here is durable in the log (or covered by its snapshot).
     pub moved: AtomicU64,
+    /// The initial snapshot is being taken: admission is by `snapshot_bytes`, not entries.
+    pub snapshotting: AtomicBool,
+    /// Encoded bytes of the entries after the snapshot's position that it has scanned.
+    pub snapshot_bytes: AtomicU64,
+    /// Entries up to here (the backlog of a snapshot) do not count against `outbox_limit`.
+    pub admit_floor: AtomicU64,
     pub mover_sleeping: AtomicBool,
     pub state: Mutex<MoverState>,
     /// Writers → mover: there is work.
@@ -183,6 +216,9 @@ impl Shared {
             opts,
             committed: AtomicU64::new(counter),
             moved: AtomicU64::new(moved),
+            snapshotting: AtomicBool::new(false),
+            snapshot_bytes: AtomicU64::new(0),
+            admit_floor: AtomicU64::new(0),
             mover_sleeping: AtomicBool::new(false),
             state: Mutex::new(MoverState::default()),
             work: Condvar::new(),
@@ -201,22 +237,36 @@ impl Shared {
         self.lock_state().stop
     }
 
+    /// Entries waiting that count against `outbox_limit`, and whether there is room for one
+    /// more. While the snapshot runs, room is measured in bytes instead (see
+    /// [`CaptureOptions::snapshot_outbox_bytes`]).
+    fn room(&self) -> (u64, bool) {
+        let counted_from = self
+            .moved
+            .load(Ordering::SeqCst)
+            .max(self.admit_floor.load(Ordering::SeqCst));
+        let pending = self
+            .committed
+            .load(Ordering::SeqCst)
+            .saturating_sub(counted_from);
+        if self.snapshotting.load(Ordering::SeqCst) {
+            let bytes = self.snapshot_bytes.load(Ordering::SeqCst);
+            return (pending, bytes < self.opts.snapshot_outbox_bytes);
+        }
+        (pending, pending < self.opts.outbox_limit)
+    }
+
     /// Waits until the outbox has room for another entry.
     pub(crate) fn admit(&self) -> Result<(), CaptureError> {
         let limit = self.opts.outbox_limit;
-        let pending = || {
-            self.committed
-                .load(Ordering::SeqCst)
-                .saturating_sub(self.moved.load(Ordering::SeqCst))
-        };
-        if pending() < limit {
+        if self.room().1 {
             return Ok(());
         }
         let started = Instant::now();
         let mut state = self.lock_state();
         loop {
-            let p = pending();
-            if p < limit {
+            let (p, room) = self.room();
+            if room {
                 return Ok(());
             }
             if let Some(e) = &state.error {
@@ -265,11 +315,22 @@ pub(crate) fn read_counter(outbox: &sled::Tree) -> Result<u64, CaptureError> {
 }
 
 /// Stores an encoded entry under the next sequence number, inside the caller's transaction.
+/// An entry too large for the log aborts the transaction (see [`MAX_ENTRY_BYTES`]).
 fn append_entry(
+    shared: &Shared,
     outbox: &TransactionalTree,
     entry: Vec<u8>,
     flush: bool,
 ) -> Result<u64, ConflictableTransactionError<CaptureError>> {
+    let max = shared.opts.max_entry_bytes.min(MAX_ENTRY_BYTES);
+    if entry.len() > max {
+        return Err(ConflictableTransactionError::Abort(
+            CaptureError::TransactionTooLarge {
+                len: entry.len(),
+                max,
+            },
+        ));
+    }
     let last = match outbox.get(COUNTER_KEY)? {
         Some(v) => {
             decode_u64(&v, "the outbox counter").map_err(ConflictableTransactionError::Abort)?
@@ -436,12 +497,22 @@ impl CapturedDb {
     /// Waits (bounded by `backpressure_timeout`) until the outbox has room. The wrappers do
     /// this themselves; applications using [`TxRecorder`] call it before their transaction —
     /// never inside it.
+    ///
+    /// The outbox's counter is read here first: entries committed through [`TxRecorder`]
+    /// count against the bound whether or not the application called
+    /// [`CapturedDb::note_committed`] (the wrappers publish theirs on commit, so their own
+    /// admission skips this read).
     pub fn wait_for_room(&self) -> Result<(), CaptureError> {
-        self.handle.shared.admit()
+        let shared = &self.handle.shared;
+        let counter = read_counter(&shared.outbox)?;
+        shared.committed.fetch_max(counter, Ordering::SeqCst);
+        shared.admit()
     }
 
     /// Tells the mover that the application's own transaction committed entry `seq` (what
     /// [`TxRecorder::finish`] returned), so it moves it without waiting for its next poll.
+    /// Optional: without it the mover finds the entry at its next poll
+    /// ([`CaptureOptions::mover_poll`]), and admission counts it anyway.
     pub fn note_committed(&self, seq: u64) {
         self.handle.shared.note_committed(seq);
     }
@@ -715,7 +786,12 @@ impl TxRecorder<'_> {
             .encode(now_micros())
             .map_err(ConflictableTransactionError::Abort)?;
         match entry {
-            Some(entry) => Ok(Some(append_entry(self.outbox, entry, self.flush)?)),
+            Some(entry) => Ok(Some(append_entry(
+                self.shared,
+                self.outbox,
+                entry,
+                self.flush,
+            )?)),
             None => Ok(None),
         }
     }
@@ -924,7 +1000,7 @@ impl CapturedTree {
                 let mut w = EntryWriter::new(now_micros(), key.len() + 64);
                 w.push(&self.name, key, old.as_deref(), new.as_deref())
                     .map_err(ConflictableTransactionError::Abort)?;
-                let seq = append_entry(outbox, w.finish(), flush)?;
+                let seq = append_entry(shared, outbox, w.finish(), flush)?;
                 Ok((out, Some(seq)))
             })
             .map_err(CaptureError::from)?;

@@ -23,14 +23,14 @@ pub enum CaptureError {
     TooLarge { what: &'static str, len: usize },
 
     #[error(
+        "the transaction's changes take {len} bytes in the outbox, more than the {max} one log record can hold; split it into smaller transactions (nothing was written)"
+    )]
+    TransactionTooLarge { len: usize, max: usize },
+
+    #[error(
         "merge on tree {tree:?} without a merge operator: call CapturedTree::set_merge_operator first"
     )]
     NoMergeOperator { tree: String },
-
-    #[error(
-        "tree name {name_hex} (hex) is not UTF-8 and cannot name a table; exclude it with CaptureOptions::exclude_trees"
-    )]
-    TreeNameNotUtf8 { name_hex: String },
 
     #[error(
         "the decoder refused {tree:?} key {key_hex} (hex): {source}; fix the decoder, then reopen (the change stays in the outbox)"

@@ -25,7 +25,8 @@
 //! - the log starts with a snapshot of every tree at an outbox position `P`, followed by
 //!   exactly the entries after `P` (`snapshot`);
 //! - memory is bounded: the mover works in bounded batches; writers wait when the outbox
-//!   holds [`CaptureOptions::outbox_limit`] entries (default [`DEFAULT_OUTBOX_LIMIT`]) and
+//!   holds [`CaptureOptions::outbox_limit`] entries (default [`DEFAULT_OUTBOX_LIMIT`]) —
+//!   while the initial snapshot runs, [`CaptureOptions::snapshot_outbox_bytes`] bytes — and
 //!   fail with [`CaptureError::Backpressure`] after
 //!   [`CaptureOptions::backpressure_timeout`].
 //!
@@ -45,11 +46,13 @@ mod source_meta;
 
 pub use db::{
     Batch, CaptureOptions, CapturedDb, CapturedTransaction, CapturedTree, CapturedTxTree,
-    DEFAULT_BACKPRESSURE_TIMEOUT, DEFAULT_MOVER_INTERVAL, DEFAULT_OUTBOX_LIMIT, MergeFn,
-    TransactionError, TxError, TxOpError, TxRecorder, abort,
+    DEFAULT_BACKPRESSURE_TIMEOUT, DEFAULT_MOVER_INTERVAL, DEFAULT_OUTBOX_LIMIT,
+    DEFAULT_SNAPSHOT_OUTBOX_BYTES, MAX_ENTRY_BYTES, MergeFn, TransactionError, TxError, TxOpError,
+    TxRecorder, abort,
 };
 pub use decoder::{BytesDecoder, DecoderError, JsonTextDecoder, TreeDecoder};
 pub use error::CaptureError;
+pub use mover::{NON_UTF8_TREE_PREFIX, tree_name};
 pub use sink::{DurableSink, MemorySink};
 
 use db::{Handle, Shared};

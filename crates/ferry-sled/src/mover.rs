@@ -80,6 +80,9 @@ impl<S: DurableSink> Mover<S> {
     /// The thread body: runs until stopped or failed, and records a failure for the writers.
     pub fn run(mut self) {
         let result = self.run_until_stopped();
+        // A snapshot that did not finish lifts the entry bound no longer: writers fall back to
+        // `outbox_limit`, and then to the error below.
+        self.shared.snapshotting.store(false, Ordering::SeqCst);
         let mut state = self.shared.lock_state();
         match result {
             // Asked to stop in the middle of long work (a snapshot): not a failure; the next
@@ -224,7 +227,7 @@ impl<S: DurableSink> Mover<S> {
         let mut out = HashSet::new();
         for kv in self.shared.tables.iter() {
             let (k, _) = kv?;
-            out.insert(tree_name(&k)?.to_string());
+            out.insert(tree_name(&k));
         }
         Ok(out)
     }
@@ -242,7 +245,7 @@ impl<S: DurableSink> Mover<S> {
                     let entry = OutboxEntry::decode(decode_u64(&k, "an outbox key")?, &v)?;
                     for c in entry.changes {
                         if shared.opts.is_captured(&c.tree) {
-                            trees.insert(tree_name(&c.tree)?.to_string());
+                            trees.insert(tree_name(&c.tree));
                         }
                     }
                 }
@@ -332,7 +335,7 @@ impl<S: DurableSink> Mover<S> {
             if !self.shared.opts.is_captured(&c.tree) {
                 continue;
             }
-            let name = tree_name(&c.tree)?.to_string();
+            let name = tree_name(&c.tree);
             let schema = self.schemas.get(&self.shared, &name)?;
             if !self.announced.contains(&name) {
                 txn.schema_changes.push(create_table(&schema));
@@ -460,11 +463,22 @@ pub(crate) fn create_table(schema: &TableSchema) -> SchemaChange {
     }
 }
 
-/// A tree name as a table name: it must be UTF-8.
-pub(crate) fn tree_name(name: &[u8]) -> Result<&str, CaptureError> {
-    std::str::from_utf8(name).map_err(|_| CaptureError::TreeNameNotUtf8 {
-        name_hex: hex_prefix(name),
-    })
+/// Table names of trees whose names are not UTF-8 start with this, followed by the name's
+/// bytes in hex.
+pub const NON_UTF8_TREE_PREFIX: &str = "__sled_hex_";
+
+/// A tree name as a table name. sled names trees with any bytes; a table needs text, so a
+/// name that is not UTF-8 becomes [`NON_UTF8_TREE_PREFIX`] followed by its bytes in hex
+/// (lossless, and stable across restarts, which the log's table names must be). UTF-8 names,
+/// including those this function made, map to themselves.
+pub fn tree_name(name: &[u8]) -> String {
+    match std::str::from_utf8(name) {
+        Ok(s) => s.to_string(),
+        Err(_) => {
+            let hex: String = name.iter().map(|b| format!("{b:02x}")).collect();
+            format!("{NON_UTF8_TREE_PREFIX}{hex}")
+        }
+    }
 }
 
 /// Hex of at most the first 32 bytes, for error messages (no full values in errors).

@@ -13,11 +13,12 @@
 //!    `CreateTable` empties a table in the fold); append `SnapshotBegin(P)`.
 //! 3. For each tree, in key order, read a chunk of rows (bounded by rows and bytes), then
 //!    scan every outbox entry committed since the last scan into the *undo map*:
-//!    `(tree, key) → value at P`, taken from the before-image of the first change to that key
-//!    after `P` (the first one seen, which is the first one: entries are scanned in order).
+//!    `(tree, key) → seq` of the first change to that key after `P` (the first one seen,
+//!    which is the first one: entries are scanned in order), whose before-image is the key's
+//!    value at `P`.
 //! 4. Emit the chunk's key range at `P`: for each key in the chunk or in the undo map within
-//!    the range, the undo map's value if the key is there (possibly "absent"), otherwise the
-//!    value read.
+//!    the range, the before-image read back from the undo map's entry if the key is there
+//!    (possibly "absent"), otherwise the value read.
 //!
 //! Why this is exact: a key's value read at time `t` differs from its value at `P` only if a
 //! transaction after `P` changed it before `t`. That transaction's outbox entry committed
@@ -25,9 +26,12 @@
 //! the key is in the undo map with its value at `P`. A key the read missed (removed after `P`,
 //! or not yet reached) is in the undo map too if it existed at `P` and was changed; if it was
 //! never changed after `P`, the read saw it. Keys of ranges already emitted are never looked
-//! up again, so their undo entries are dropped (memory: the rows of one chunk, plus the keys
-//! changed ahead of the scan — bounded by the outbox limit, since entries `> P` stay in the
-//! outbox until the snapshot ends).
+//! up again, so their undo entries are dropped. Memory: the rows of one chunk, plus the keys
+//! (not values) changed ahead of the scan — at most the keys of the entries `> P`, which
+//! admission bounds in bytes while the snapshot runs (`CaptureOptions::snapshot_outbox_bytes`;
+//! the entry bound `outbox_limit` is lifted, since nothing can leave the outbox before the
+//! snapshot is in the log and a long snapshot would otherwise fail the writers). Entries
+//! `> P` stay in the outbox until the snapshot ends, so the values can be read back.
 //!
 //! 5. Append `SnapshotEnd(P)`; delete outbox entries `<= P` (the snapshot covers them; a
 //!    restart whose log ends with `SnapshotEnd(P)` deletes them again). The mover then
@@ -50,7 +54,7 @@
 //! its snapshot leaves an unfinished one, and the next start appends a new `SnapshotBegin`
 //! (a fold resets at every `SnapshotBegin`; ferry-pg's shipper refuses it).
 
-use crate::db::Shared;
+use crate::db::{Shared, read_counter};
 use crate::error::CaptureError;
 use crate::mover::{Mover, SchemaCache, create_table, decode_row, tree_name};
 use crate::outbox::{COUNTER_KEY, OutboxEntry, decode_u64, seq_key};
@@ -63,6 +67,7 @@ use sled::IVec;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 /// Where a snapshot is staged: a log directory of its own and the identity it is made with.
 pub(crate) struct SnapshotStaging {
@@ -98,6 +103,10 @@ impl<S: DurableSink> Mover<S> {
     /// Takes the initial snapshot into the log (through the staging log, if there is one),
     /// then deletes the entries it covers. Called when the log holds no complete snapshot.
     pub(crate) fn take_snapshot(&mut self) -> Result<(), CaptureError> {
+        // Nothing moves until the snapshot is in the log: admit writers by the bytes the
+        // snapshot has to keep track of, not by an entry count a long snapshot would exceed.
+        self.shared.snapshot_bytes.store(0, Ordering::SeqCst);
+        self.shared.snapshotting.store(true, Ordering::SeqCst);
         let p = match &self.staging {
             None => write_snapshot(&self.shared, &mut self.schemas, &mut self.sink)?,
             Some(staging) => {
@@ -115,6 +124,11 @@ impl<S: DurableSink> Mover<S> {
         self.announced = self.read_announced()?;
         self.last_logged = p;
         self.delete_through(p, false)?;
+        // The entries that piled up during the snapshot are moved now, without holding back
+        // the writers that come after them: the floor goes up before the byte bound goes.
+        let backlog = read_counter(&self.shared.outbox)?;
+        self.shared.admit_floor.fetch_max(backlog, Ordering::SeqCst);
+        self.shared.snapshotting.store(false, Ordering::SeqCst);
         self.shared.lock_state().snapshot_done = true;
         self.publish_moved(p);
         Ok(())
@@ -190,8 +204,13 @@ struct SnapshotTree {
     schema: TableSchema,
 }
 
-/// The value at `P` of each key changed after `P`, by (tree index, key).
-type UndoMap = BTreeMap<(usize, Vec<u8>), Option<Vec<u8>>>;
+/// Each key changed after `P`, by (tree index, key): the sequence number of the first entry
+/// after `P` that changed it, whose before-image is the key's value at `P`. Values are not
+/// held here but read back from that entry when the key's range is emitted (entries after
+/// `P` stay in the outbox until the snapshot is in the log), so the map holds keys only:
+/// its memory is bounded by the entries scanned, which admission bounds in bytes
+/// (`CaptureOptions::snapshot_outbox_bytes`).
+type UndoMap = BTreeMap<(usize, Vec<u8>), u64>;
 
 /// Writes a complete snapshot (steps 1–5 above, except deleting the covered entries) into
 /// `out`; returns `P`.
@@ -223,7 +242,7 @@ fn write_snapshot(
         .collect();
     names.sort();
     for name in names {
-        let tree = tree_name(&name)?.to_string();
+        let tree = tree_name(&name);
         let schema = schemas.get(shared, &tree)?;
         trees.push(SnapshotTree { name, tree, schema });
     }
@@ -267,6 +286,8 @@ fn write_snapshot(
         .collect();
     let mut undo = UndoMap::new();
     let mut scanned = p;
+    let mut scanned_bytes = 0u64;
+    let mut flushed = std::time::Instant::now();
     let mut row_counts = Vec::with_capacity(trees.len());
     for (ti, t) in trees.iter().enumerate() {
         let tree = shared.db.open_tree(&t.name)?;
@@ -275,6 +296,14 @@ fn write_snapshot(
         loop {
             if shared.stopping() {
                 return Err(CaptureError::Closed);
+            }
+            // Flush sled at the mover's pace while the snapshot runs, as the mover's cycles do
+            // otherwise: every sled transaction leaves I/O behind, and the first flush after a
+            // long snapshot would otherwise pay all of it at once while blocking every writer
+            // (seconds, measured with 200k rows and a writer at full speed).
+            if flushed.elapsed() >= opts.mover_interval {
+                shared.db.flush()?;
+                flushed = std::time::Instant::now();
             }
             let mut rows = Vec::new();
             let mut bytes = 0usize;
@@ -299,7 +328,14 @@ fn write_snapshot(
             } else {
                 rows.last().map(|(k, _)| k.clone())
             };
-            scanned = scan_undo(shared, scanned, &index, ti, lower.as_deref(), &mut undo)?;
+            (scanned, scanned_bytes) = scan_undo(
+                shared,
+                (scanned, scanned_bytes),
+                &index,
+                ti,
+                lower.as_deref(),
+                &mut undo,
+            )?;
 
             let range_lo = match &lower {
                 None => Bound::Included((ti, Vec::new())),
@@ -309,13 +345,14 @@ fn write_snapshot(
                 None => Bound::Excluded((ti + 1, Vec::new())),
                 Some(u) => Bound::Included((ti, u.to_vec())),
             };
-            let changed: Vec<(Vec<u8>, Option<Vec<u8>>)> = undo
+            let changed_seqs: Vec<(Vec<u8>, u64)> = undo
                 .range((range_lo, range_hi))
-                .map(|((_, k), v)| (k.clone(), v.clone()))
+                .map(|((_, k), seq)| (k.clone(), *seq))
                 .collect();
-            for (k, _) in &changed {
+            for (k, _) in &changed_seqs {
                 undo.remove(&(ti, k.clone()));
             }
+            let changed = values_at_p(shared, &t.name, changed_seqs)?;
             let at_p = merge_at_p(rows, changed);
             let mut chunk = Vec::with_capacity(at_p.len());
             for (k, v) in at_p {
@@ -351,16 +388,17 @@ fn write_snapshot(
 
 /// Adds to `undo` every change of entries after `scanned` to a key not yet emitted: trees
 /// after the current one, or keys of the current one above `lower`. Returns the last entry
-/// scanned.
+/// scanned and the bytes of all entries scanned so far (also published for admission).
 fn scan_undo(
     shared: &Shared,
-    scanned: u64,
+    (scanned, scanned_bytes): (u64, u64),
     index: &HashMap<Vec<u8>, usize>,
     current: usize,
     lower: Option<&[u8]>,
     undo: &mut UndoMap,
-) -> Result<u64, CaptureError> {
+) -> Result<(u64, u64), CaptureError> {
     let mut last = scanned;
+    let mut bytes = scanned_bytes;
     for kv in shared.outbox.range(seq_key(scanned + 1)..) {
         let (k, v) = kv?;
         let seq = decode_u64(&k, "an outbox key")?;
@@ -374,12 +412,61 @@ fn scan_undo(
             let emitted =
                 ti < current || (ti == current && lower.is_some_and(|l| c.key.as_slice() <= l));
             if !emitted {
-                undo.entry((ti, c.key)).or_insert(c.before);
+                undo.entry((ti, c.key)).or_insert(seq);
             }
         }
+        bytes += v.len() as u64;
         last = seq;
     }
-    Ok(last)
+    shared.snapshot_bytes.store(bytes, Ordering::SeqCst);
+    Ok((last, bytes))
+}
+
+/// A key and its value at `P` (`None`: absent at `P`).
+type KeyAtP = (Vec<u8>, Option<Vec<u8>>);
+
+/// The values at `P` of `changed` keys of tree `tree` (sorted by key), each the before-image
+/// in the entry that first changed it after `P`. Each entry is read and decoded once.
+fn values_at_p(
+    shared: &Shared,
+    tree: &[u8],
+    changed: Vec<(Vec<u8>, u64)>,
+) -> Result<Vec<KeyAtP>, CaptureError> {
+    let mut by_seq: BTreeMap<u64, Vec<usize>> = BTreeMap::new();
+    for (i, (_, seq)) in changed.iter().enumerate() {
+        by_seq.entry(*seq).or_default().push(i);
+    }
+    let mut values: Vec<Option<Option<Vec<u8>>>> = vec![None; changed.len()];
+    for (seq, wanted) in by_seq {
+        let Some(bytes) = shared.outbox.get(seq_key(seq))? else {
+            return Err(CaptureError::CorruptOutbox {
+                detail: format!(
+                    "entry {seq}, written after the snapshot's position, left the outbox before the snapshot ended"
+                ),
+            });
+        };
+        let entry = OutboxEntry::decode(seq, &bytes)?;
+        let mut befores: HashMap<&[u8], &Option<Vec<u8>>> = HashMap::new();
+        for c in &entry.changes {
+            if c.tree == tree {
+                befores.entry(c.key.as_slice()).or_insert(&c.before);
+            }
+        }
+        for i in wanted {
+            let key = changed[i].0.as_slice();
+            let Some(before) = befores.get(key) else {
+                return Err(CaptureError::CorruptOutbox {
+                    detail: format!("entry {seq} no longer holds the change it was scanned with"),
+                });
+            };
+            values[i] = Some((*before).clone());
+        }
+    }
+    Ok(changed
+        .into_iter()
+        .zip(values)
+        .map(|((k, _), v)| (k, v.flatten()))
+        .collect())
 }
 
 /// The rows of one key range at `P`: the rows read, overridden by the values at `P` of the

@@ -10,10 +10,14 @@
 //! - if `i % 11 == 0`, a separate captured `insert` into `side[i BE]` after the transaction
 //!   (so kills also land between two captured writes; a restart completes it).
 //!
+//! After the first commit that finds the initial snapshot in the log it prints
+//! `snapshot done`.
+//!
 //! So the database after `n` transactions is a pure function of `n`, which the test
 //! recomputes; on restart the application resumes at `meta["total"] + 1`.
 //!
-//! Usage: `ferry-sled-crash-app <sled-dir> <state-dir> <flush|noflush> [--count N]`
+//! Usage: `ferry-sled-crash-app <sled-dir> <state-dir> <flush|noflush> [--count N] [--sync-first]`
+//! (`--sync-first`: wait until the log has caught up before the first write).
 
 use ferry_sled::{CaptureOptions, CapturedDb, TxError};
 use std::io::Write;
@@ -42,7 +46,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() < 4 {
         return Err(
-            "usage: ferry-sled-crash-app <sled-dir> <state-dir> <flush|noflush> [--count N]".into(),
+            "usage: ferry-sled-crash-app <sled-dir> <state-dir> <flush|noflush> [--count N] [--sync-first]"
+                .into(),
         );
     }
     let flush = match args[3].as_str() {
@@ -50,11 +55,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         "noflush" => false,
         other => return Err(format!("mode must be flush or noflush, not {other:?}").into()),
     };
-    let count: u64 = match args.get(4).map(String::as_str) {
-        Some("--count") => args.get(5).ok_or("--count needs a number")?.parse()?,
-        Some(other) => return Err(format!("unknown argument {other:?}").into()),
-        None => u64::MAX,
-    };
+    let mut count = u64::MAX;
+    let mut sync_first = false;
+    let mut rest = args[4..].iter();
+    while let Some(a) = rest.next() {
+        match a.as_str() {
+            "--count" => count = rest.next().ok_or("--count needs a number")?.parse()?,
+            "--sync-first" => sync_first = true,
+            other => return Err(format!("unknown argument {other:?}").into()),
+        }
+    }
     let opts = CaptureOptions {
         flush_on_commit: flush,
         // Small chunks and batches so that kills land inside snapshots and batches.
@@ -76,9 +86,15 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     if total > 0 && total % 11 == 0 && side.get(total.to_be_bytes())?.is_none() {
         side.insert(total.to_be_bytes(), &b"side"[..])?;
     }
+    if sync_first {
+        // Start writing only once the initial snapshot (and the outbox left by an earlier
+        // run) is in the log.
+        db.sync(Duration::from_secs(120))?;
+    }
     let mut out = std::io::stdout().lock();
     writeln!(out, "resumed {total}")?;
     out.flush()?;
+    let mut snapshot_reported = false;
     for i in total + 1..=total.saturating_add(count) {
         db.transaction(&[&seq, &meta], |tx| {
             let (s, m) = (tx.tree(0), tx.tree(1));
@@ -101,6 +117,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             side.insert(i.to_be_bytes(), &b"side"[..])?;
         }
         writeln!(out, "committed {i}")?;
+        if !snapshot_reported && db.snapshot_done() {
+            // The test waits for this to kill the app at a point after the initial snapshot.
+            writeln!(out, "snapshot done")?;
+            snapshot_reported = true;
+        }
         out.flush()?;
     }
     db.close(Duration::from_secs(60))?;

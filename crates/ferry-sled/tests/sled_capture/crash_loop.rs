@@ -1,14 +1,20 @@
 //! The application killed with SIGKILL at random points while it writes, and restarted:
 //! afterwards the folded log equals the sled trees (nothing lost between sled and the log,
-//! nothing doubled), and the trees are exactly what the committed transactions made them.
+//! nothing doubled), the trees are exactly what the committed transactions made them, and
+//! PostgreSQL — shipped to incrementally between kills, and once more at the end — equals the
+//! log at each step and the trees at the end.
 //!
 //! What is promised, and tested: with `flush_on_commit`, every transaction the application
 //! saw commit survives the kill (the `flush` runs); without it, a kill may lose sled's
 //! unflushed tail — exactly as with plain sled — but sled and the log stay consistent
 //! (the mover flushes sled before it appends, so the log is never ahead of the database).
 
+use crate::postgres::ship_and_read_back;
 use crate::support::*;
+use ferry_core::SourceId;
+use ferry_core::state_dir::StateDir;
 use ferry_sled::{CaptureOptions, CapturedDb};
+use ferry_testkit::pg::TestDb;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use std::collections::BTreeMap;
@@ -61,18 +67,21 @@ fn total_of(contents: &Contents) -> u64 {
 }
 
 /// Runs the app until it has printed `committed` `stop_after` times (or exits), then kills
-/// it with SIGKILL. Returns the last sequence number it printed as committed.
+/// it with SIGKILL; with `after_snapshot`, counts only the commits after it printed
+/// `snapshot done`. Returns the last sequence number it printed as committed.
 fn run_and_kill(
     path: &Path,
     state: &Path,
     mode: &str,
     stop_after: u64,
+    after_snapshot: bool,
     delay: Duration,
 ) -> Option<u64> {
     let mut child = Command::new(env!("CARGO_BIN_EXE_ferry-sled-crash-app"))
         .arg(path)
         .arg(state)
         .arg(mode)
+        .args(after_snapshot.then_some("--sync-first"))
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -90,6 +99,7 @@ fn run_and_kill(
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut last = None;
     let mut seen = 0;
+    let mut counting = !after_snapshot;
     if stop_after == 0 {
         // A random kill point inside start-up (sled recovery, mover recovery, snapshot,
         // copy): the delay picks the point, nothing waits on it.
@@ -101,7 +111,11 @@ fn run_and_kill(
             Ok(line) => {
                 if let Some(n) = line.strip_prefix("committed ") {
                     last = Some(n.parse().expect("a number"));
-                    seen += 1;
+                    if counting {
+                        seen += 1;
+                    }
+                } else if line == "snapshot done" {
+                    counting = true;
                 }
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -124,6 +138,15 @@ fn run_and_kill(
     last
 }
 
+/// Whether the log of source `app` exists and holds a complete initial snapshot.
+fn log_has_snapshot(state: &Path) -> bool {
+    let dir = StateDir::new(state).log_dir(&SourceId("app".into()));
+    dir.is_dir()
+        && read_log(state, "app")
+            .iter()
+            .any(|r| matches!(r, ferry_core::Record::SnapshotEnd(_)))
+}
+
 #[test]
 fn killed_application_loses_and_doubles_nothing() {
     let iterations: u64 = std::env::var("FERRY_CRASH_ITERATIONS")
@@ -134,13 +157,15 @@ fn killed_application_loses_and_doubles_nothing() {
         eprintln!("seed {seed} (rerun with FERRY_SLED_SEED={seed})");
         let mut rng = StdRng::seed_from_u64(seed);
         for mode in ["flush", "noflush"] {
+            let pg = TestDb::new_blocking();
+            let mut shipped_between_kills = 0;
             let dir = tempfile::tempdir().expect("tempdir");
             let (path, state) = (dir.path().join("app"), dir.path().join("state"));
             // Data from before capture started, so that early kills land in the snapshot.
             {
                 let db = sled::open(&path).expect("sled");
                 let t = db.open_tree("legacy").expect("tree");
-                for i in 0..10_000u32 {
+                for i in 0..3_000u32 {
                     t.insert(i.to_be_bytes(), vec![7u8; 40]).expect("insert");
                 }
                 db.flush().expect("flush");
@@ -154,7 +179,21 @@ fn killed_application_loses_and_doubles_nothing() {
                     rng.random_range(1..120)
                 };
                 let delay = Duration::from_millis(rng.random_range(0..400));
-                if let Some(n) = run_and_kill(&path, &state, mode, stop_after, delay) {
+                // Every fourth run gets past the initial snapshot before it is killed, so that
+                // kills also land in steady streaming and there is a log to ship in between.
+                let after_snapshot = it % 4 == 3;
+                if let Some(n) = run_and_kill(
+                    &path,
+                    &state,
+                    mode,
+                    if after_snapshot {
+                        stop_after.max(1)
+                    } else {
+                        stop_after
+                    },
+                    after_snapshot,
+                    delay,
+                ) {
                     printed_max = printed_max.max(n);
                 }
                 // What survived must be the state after some prefix of transactions.
@@ -186,6 +225,16 @@ fn killed_application_loses_and_doubles_nothing() {
                 }
                 // Without flush_on_commit a kill may take back what was printed.
                 printed_max = printed_max.min(n);
+                drop(db);
+
+                // Ship what the log holds so far (once it holds the snapshot): PostgreSQL
+                // equals the log's fold, however often shipping resumes between kills.
+                if it % 4 == 3 && log_has_snapshot(&state) {
+                    let records = read_log(&state, "app");
+                    let shipped = ship_and_read_back(&state, &pg);
+                    assert_same(&shipped, &fold_contents(&fold(&records)));
+                    shipped_between_kills += 1;
+                }
             }
             // A clean run moves what the kills left in the outbox.
             let db = CapturedDb::open(&path, &state, CaptureOptions::default()).expect("open");
@@ -203,6 +252,12 @@ fn killed_application_loses_and_doubles_nothing() {
             let f = fold(&records);
             let contents = sled_contents(&sled_db);
             assert_same(&fold_contents(&f), &contents);
+            // And PostgreSQL, resuming from where the last shipping between kills stopped.
+            assert_same(&ship_and_read_back(&state, &pg), &contents);
+            assert!(
+                iterations < 8 || shipped_between_kills > 0,
+                "{mode}: no shipping between kills happened"
+            );
             assert!(
                 total_of(&contents) > 0,
                 "{mode}: no transaction ever committed"

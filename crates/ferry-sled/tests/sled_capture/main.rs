@@ -3,6 +3,7 @@
 
 mod crash_loop;
 mod differential;
+mod limits;
 mod memory;
 mod postgres;
 mod recovery;

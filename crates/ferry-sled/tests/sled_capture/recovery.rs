@@ -13,7 +13,7 @@ use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-fn open_log(state: &Path, sled_path: &Path) -> ferry_log::Log {
+pub fn open_log(state: &Path, sled_path: &Path) -> ferry_log::Log {
     let dir = StateDir::new(state).log_dir(&SourceId("app".into()));
     let abs = std::path::absolute(sled_path).expect("absolute");
     ferry_log::Log::open(
@@ -67,7 +67,7 @@ fn wait_for_mover_error(db: &CapturedDb) -> Arc<CaptureError> {
     err.expect("checked above")
 }
 
-fn check_log_equals_sled(state: &Path, db: &sled::Db) -> Vec<Record> {
+pub fn check_log_equals_sled(state: &Path, db: &sled::Db) -> Vec<Record> {
     let records = read_log(state, "app");
     let mut last = 0;
     for r in &records {
@@ -143,9 +143,9 @@ fn entries_already_in_the_log_are_not_appended_again() {
 
 /// A log that blocks until opened: writers may fill the outbox up to its bound, then wait,
 /// then fail; when the log moves again they go on.
-struct GatedLog {
-    log: ferry_log::Log,
-    gate: Arc<(Mutex<bool>, Condvar)>,
+pub struct GatedLog {
+    pub log: ferry_log::Log,
+    pub gate: Arc<(Mutex<bool>, Condvar)>,
 }
 
 impl DurableSink for GatedLog {

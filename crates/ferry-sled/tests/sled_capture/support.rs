@@ -76,10 +76,8 @@ pub fn sled_contents(db: &sled::Db) -> Contents {
             })
             .collect();
         if !rows.is_empty() {
-            out.insert(
-                String::from_utf8(name.to_vec()).expect("utf-8 tree name"),
-                rows,
-            );
+            // Named as the capture names its table (non-UTF-8 names hex-escaped).
+            out.insert(ferry_sled::tree_name(&name), rows);
         }
     }
     out
