@@ -200,13 +200,10 @@ pub fn verify_tables(
     let client = rt
         .block_on(target.connect())
         .context("connecting to PostgreSQL")?;
-    let progress = indicatif::ProgressBar::new(tables.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("verify {bar:30} {pos}/{len} tables {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let progress = crate::verify_progress::VerifyProgress::new(tables.len());
     let mut out = Vec::new();
     for t in &tables {
-        progress.set_message(t.name.clone());
+        progress.start_table(&t.name);
         let schema: TableSchema = sqlite_read::table_schema(&conn, t)?;
         let target_name = map_opts.target_table_name(&t.name);
         let found = rt.block_on(find_table(&client, &map_opts.schema, &target_name))?;
@@ -219,6 +216,7 @@ pub fn verify_tables(
                 // The table (or its columns) is not in PostgreSQL: every row is missing.
                 let mut c = Comparison::default();
                 sqlite_read::for_each_row(&conn, t, |k, _| {
+                    progress.rows().row();
                     c.left_rows += 1;
                     c.missing += 1;
                     if c.differing_keys.len() < MAX_DIFF_KEYS {
@@ -231,11 +229,11 @@ pub fn verify_tables(
                     Ok(())
                 })?;
                 if !problems.is_empty() {
-                    eprintln!("table {:?}: {}", t.name, problems.join("; "));
+                    tracing::warn!(table = %t.name, "{}", problems.join("; "));
                 }
                 c
             }
-            Some(map) => compare_table(rt, &client, &conn, t, map)?,
+            Some(map) => compare_table(rt, &client, &conn, t, map, progress.rows())?,
         };
         out.push(TableResult {
             table: t.name.clone(),
@@ -247,9 +245,9 @@ pub fn verify_tables(
             map,
             in_flight: 0,
         });
-        progress.inc(1);
+        progress.table_done();
     }
-    progress.finish_and_clear();
+    progress.finish();
     conn.execute_batch("COMMIT")?;
     Ok(out)
 }
@@ -260,6 +258,7 @@ fn compare_table(
     conn: &rusqlite::Connection,
     t: &VerifyTable,
     map: &TableMap,
+    progress: &crate::verify_progress::RowProgress,
 ) -> anyhow::Result<Comparison<Vec<Value>>> {
     // PostgreSQL's pages from a scoped thread into a bounded channel; SQLite's rows read here
     // (a rusqlite connection cannot be shared between threads).
@@ -288,11 +287,12 @@ fn compare_table(
         let mut stmt = conn.prepare(&sqlite_read::select_in_key_order(t))?;
         let mut rows = stmt.query([])?;
         let left = std::iter::from_fn(|| match rows.next() {
-            Ok(Some(r)) => Some(
+            Ok(Some(r)) => Some({
+                progress.row();
                 sqlite_read::key_and_row(t, r)
                     .map(|(k, v)| (k.clone(), (k, v)))
-                    .map_err(anyhow::Error::new),
-            ),
+                    .map_err(anyhow::Error::new)
+            }),
             Ok(None) => None,
             Err(e) => Some(Err(anyhow::Error::new(e))),
         });
