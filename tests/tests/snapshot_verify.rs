@@ -277,3 +277,72 @@ async fn snapshot_creates_the_constraints_sqlite_declares() {
         .get(0);
     assert_eq!(identity, "YES");
 }
+
+/// `--log-format json`: every line `ferry snapshot` and `ferry verify` write to stderr (run as
+/// a service would, stderr not a terminal) is a JSON object with a level and a message, and
+/// verify's progress comes as log lines with its row count instead of a bar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_json_lines_with_verify_progress() {
+    let pg = TestDb::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    SampleApp::prepare(&db, 200);
+    let rows: u64 = {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        ["users", "settings", "events", "jobs"]
+            .iter()
+            .map(|t| {
+                c.query_row(&format!("SELECT count(*) FROM {t}"), [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .unwrap() as u64
+            })
+            .sum()
+    };
+    let (src, url) = (db.to_str().unwrap().to_string(), pg.url().to_string());
+    for command in ["snapshot", "verify"] {
+        let args: Vec<String> = [
+            command,
+            "--log-format",
+            "json",
+            "--source",
+            &src,
+            "--target",
+            &url,
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        let out = tokio::task::spawn_blocking(move || {
+            let a: Vec<&str> = args.iter().map(String::as_str).collect();
+            run_ferry(&a)
+        })
+        .await
+        .unwrap();
+        expect_exit(&out, 0, command);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<serde_json::Value> = stderr
+            .lines()
+            .map(|l| {
+                serde_json::from_str(l).unwrap_or_else(|e| {
+                    panic!("ferry {command}: stderr line {l:?} is not JSON: {e}")
+                })
+            })
+            .collect();
+        assert!(!lines.is_empty(), "ferry {command} logged nothing");
+        for l in &lines {
+            assert!(
+                l["level"].is_string() && l["fields"]["message"].is_string(),
+                "ferry {command}: {l}"
+            );
+        }
+        if command == "verify" {
+            let done = lines
+                .iter()
+                .find(|l| l["fields"]["message"] == "verify: compared every table")
+                .unwrap_or_else(|| panic!("no progress line from verify: {stderr}"));
+            assert_eq!(done["fields"]["tables"], 4, "{done}");
+            assert_eq!(done["fields"]["rows"].as_u64(), Some(rows), "{done}");
+        }
+    }
+}

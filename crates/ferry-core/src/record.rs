@@ -22,7 +22,9 @@ pub enum Record {
     SnapshotRows(SnapshotRows),
     /// End of the snapshot; streaming continues from exactly the snapshot's position.
     SnapshotEnd(SnapshotEnd),
-    /// Written on idle sources so that lag stays measurable.
+    /// A source position with no change (the format keeps it; no source writes one today:
+    /// replication lag is read from the capture times of unapplied records, see
+    /// `proto/metrics.md`, so an idle source needs no heartbeat to show 0).
     Heartbeat(Heartbeat),
     /// The source was cut over to PostgreSQL.
     Cutover(CutoverRecord),

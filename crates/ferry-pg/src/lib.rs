@@ -38,5 +38,5 @@ pub use shipper::{
     DEFAULT_BATCH_MAX_BYTES, DEFAULT_BATCH_MAX_DELAY, DEFAULT_BATCH_MAX_RECORDS,
     DEFAULT_LOAD_CONNECTIONS, ShipOptions, Shipper, TargetMode, read_progress,
 };
-pub use status::{LoadProgress, ShipStats, ShipStatus, ShipSummary, TableStatus};
+pub use status::{LoadProgress, ShipEvent, ShipStats, ShipStatus, ShipSummary, TableStatus};
 pub use verify::{TargetRow, TargetRowReader, row_matches, rows_with_keys};

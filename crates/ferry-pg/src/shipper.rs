@@ -36,7 +36,7 @@ use crate::ident::{qualified, quote_ident};
 use crate::mapping::{self, IndexDef, MapNotice, MapOptions, TableMap};
 use crate::progress::{self, NewProgress, Progress, SourceState, TableState};
 use crate::source::RecordSource;
-use crate::status::{LoadProgress, ShipStats, ShipStatus, ShipSummary, TableStatus};
+use crate::status::{LoadProgress, ShipEvent, ShipStats, ShipStatus, ShipSummary, TableStatus};
 use crate::target::PgTarget;
 use crate::types::ColumnProfile;
 use ferry_core::{
@@ -204,7 +204,11 @@ pub struct Shipper {
     snapshot_row_counts: Option<Vec<(String, u64)>>,
     /// The snapshot's first record as this session read it, with its LSN.
     snapshot_begin: Option<(Lsn, SnapshotBegin)>,
+    /// Told of every committed batch and every failed attempt (see [`ShipEvent`]).
+    observer: Option<ShipObserver>,
 }
+
+type ShipObserver = Box<dyn Fn(&ShipEvent) + Send + Sync>;
 
 const MAX_NOTICES: usize = 200;
 
@@ -248,6 +252,7 @@ impl Shipper {
             applied: Lsn::ZERO,
             snapshot_row_counts: None,
             snapshot_begin: None,
+            observer: None,
             status: Arc::new(Mutex::new(ShipStatus {
                 phase: "starting".into(),
                 ..ShipStatus::default()
@@ -265,6 +270,18 @@ impl Shipper {
             Err(e) => return Err(e),
         }
         Ok(s)
+    }
+
+    /// Calls `observe` for every committed batch and every failed attempt, on the
+    /// shipper's task, right after the event: it must return quickly (update a metric).
+    pub fn set_observer(&mut self, observe: impl Fn(&ShipEvent) + Send + Sync + 'static) {
+        self.observer = Some(Box::new(observe));
+    }
+
+    fn observe(&self, event: ShipEvent) {
+        if let Some(observe) = &self.observer {
+            observe(&event);
+        }
     }
 
     /// A handle to the live status (updated after every commit).
@@ -458,6 +475,10 @@ impl Shipper {
                     attempts += 1;
                     tracing::warn!(source = %self.opts.source_id, attempt = attempts, "PostgreSQL failure, reconnecting: {e}");
                     let msg = e.to_string();
+                    self.observe(ShipEvent::Retrying {
+                        attempt: attempts,
+                        error: msg.clone(),
+                    });
                     self.update_status(|s| {
                         s.phase = "retrying".into();
                         s.last_error = Some(msg);
@@ -547,6 +568,9 @@ impl Shipper {
         self.update_status(|s| {
             s.applied_lsn = applied;
             s.stats.applied_lsn = applied;
+            // PostgreSQL answered: an error of an earlier attempt is over, even when there
+            // is nothing to apply (an idle source would otherwise keep reporting it).
+            s.last_error = None;
         });
         self.load_maps(&progress).await?;
         if progress.state == SourceState::Loading {
@@ -1293,6 +1317,12 @@ impl Shipper {
                 st.applied_captured_at = captured;
             }
             st.applied_at = Some(ferry_core::now_micros());
+        });
+        self.observe(ShipEvent::BatchApplied {
+            records: n as u64,
+            rows_upserted: counts.upserted,
+            rows_deleted: counts.deleted,
+            duration: elapsed,
         });
         Ok(())
     }

@@ -126,6 +126,31 @@ pub struct ShipStatus {
     pub stats: ShipStats,
 }
 
+/// One event of the apply path, handed to the observer set with
+/// [`crate::Shipper::set_observer`] as it happens, so that a histogram sees every batch and a
+/// counter every failed attempt (a status polled now and then would see only the last one).
+#[derive(Clone, Debug, PartialEq)]
+pub enum ShipEvent {
+    /// A streaming batch committed (its progress advance included).
+    BatchApplied {
+        /// Log records in the batch.
+        records: u64,
+        /// Rows inserted or updated (net, after folding: one upsert per key).
+        rows_upserted: u64,
+        /// Rows deleted (net, after folding).
+        rows_deleted: u64,
+        /// The apply, from the first statement to the commit (retries of a split batch
+        /// included).
+        duration: Duration,
+    },
+    /// An attempt failed with a transient error; the shipper reconnects and retries.
+    Retrying {
+        /// Attempts in a row without progress, this one included.
+        attempt: u32,
+        error: String,
+    },
+}
+
 /// What a finished `run` did.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ShipSummary {

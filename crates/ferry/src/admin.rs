@@ -2,7 +2,7 @@
 //! `GET /status`, `/healthz`, `/readyz`, `/metrics`. Nothing here changes state; commands
 //! that do (cutover, backup now) go over the unix control socket, never over TCP.
 
-use crate::metrics::{Metrics, OPENMETRICS_CONTENT_TYPE};
+use crate::metrics::Metrics;
 use crate::status::RunStatus;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
@@ -52,13 +52,12 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics(State(s): State<AdminState>, _headers: HeaderMap) -> Response {
-    // prometheus-client writes OpenMetrics text, which Prometheus negotiates and parses.
-    (
-        [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
-        s.metrics.encode(),
-    )
-        .into_response()
+async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    // OpenMetrics for a scraper that asks for it (Prometheus does), the Prometheus text
+    // format for any other client.
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let (content_type, body) = s.metrics.encode_for(accept);
+    ([(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
 /// Binds the admin address and serves until the process ends. Returns the bound address
@@ -182,11 +181,16 @@ mod tests {
         let report: crate::status::StatusReport = serde_json::from_str(&body).unwrap();
         assert_eq!(report.sources[0].source, "app");
         let a = addr.clone();
-        let (code, ctype, body) =
-            tokio::task::spawn_blocking(move || http_get(&a, "/metrics", None))
-                .await
-                .unwrap()
-                .unwrap();
+        let (code, ctype, body) = tokio::task::spawn_blocking(move || {
+            http_get(
+                &a,
+                "/metrics",
+                Some("application/openmetrics-text;version=1.0.0,text/plain;q=0.5"),
+            )
+        })
+        .await
+        .unwrap()
+        .unwrap();
         assert_eq!(code, 200);
         assert!(ctype.starts_with("application/openmetrics-text"), "{ctype}");
         assert!(
@@ -194,5 +198,17 @@ mod tests {
             "{body}"
         );
         assert!(body.trim_end().ends_with("# EOF"));
+        // A client that does not ask for OpenMetrics (curl, an older scraper) gets the
+        // Prometheus text format.
+        let a = addr.clone();
+        let (code, ctype, body) =
+            tokio::task::spawn_blocking(move || http_get(&a, "/metrics", None))
+                .await
+                .unwrap()
+                .unwrap();
+        assert_eq!(code, 200);
+        assert!(ctype.starts_with("text/plain; version=0.0.4"), "{ctype}");
+        assert!(!body.contains("# EOF"), "{body}");
+        assert!(body.contains("# TYPE ferry_build_info gauge\n"), "{body}");
     }
 }

@@ -22,6 +22,7 @@ mod runfile;
 mod signals;
 mod sqlite_read;
 mod status;
+mod verify_progress;
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -29,10 +30,16 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     cmd::init_tracing(&cli.global);
+    let json_logs = cli.global.log_format == cli::LogFormat::Json;
     match cmd::dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // With JSON logs every stderr line is a JSON object, the final error included.
+            if json_logs {
+                tracing::error!(error = %format!("{e:#}"), "ferry stopped");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::from(2)
         }
     }

@@ -19,12 +19,19 @@ pub struct SourceLabel {
     pub source: String,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
 #[allow(non_camel_case_types)]
 pub enum OpLabel {
+    /// Captured rows: a row inserted in SQLite (snapshot rows included).
     insert,
+    /// Captured rows: a row updated in SQLite.
     update,
+    /// Captured and applied rows: a row deleted.
     delete,
+    /// Applied rows: a row written by `INSERT … ON CONFLICT DO UPDATE`. After folding a
+    /// batch, PostgreSQL alone knows whether the key existed, so applied inserts and updates
+    /// are one count rather than a guess.
+    upsert,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -77,8 +84,9 @@ pub struct Metrics {
     pub replication_lag_seconds: Family<SourceLabel, Gauge<f64, AtomicU64>>,
     pub snapshot_rows: Family<SourceLabel, Counter>,
     pub snapshot_tables: Family<SourceState, Gauge>,
+    pub snapshot_copy_rows: Family<SourceLabel, Gauge>,
+    pub snapshot_expected_rows: Family<SourceLabel, Gauge>,
     pub source_wal_bytes: Family<SourceLabel, Gauge>,
-    pub wal_lock_hold: HistogramFamily,
     pub wal_resets: Family<SourceLabel, Counter>,
     pub resyncs: Family<SourceLabel, Counter>,
     pub cutover_state: Family<SourceLabel, Gauge>,
@@ -192,15 +200,20 @@ impl Metrics {
                 "Tables per load state",
                 Family::default()
             ),
+            snapshot_copy_rows: reg!(
+                "ferry_snapshot_copy_rows",
+                "Rows handed to COPY so far by this run's initial load",
+                Family::default()
+            ),
+            snapshot_expected_rows: reg!(
+                "ferry_snapshot_expected_rows",
+                "Rows of the shipped tables in the snapshot this run loads (0 while unknown)",
+                Family::default()
+            ),
             source_wal_bytes: reg!(
                 "ferry_source_wal_bytes",
                 "Size of the source's -wal file",
                 Family::default()
-            ),
-            wal_lock_hold: reg!(
-                "ferry_wal_lock_hold_seconds",
-                "How long ferry held SQLite's write lock to let the WAL restart",
-                hist(latency_histogram)
             ),
             wal_resets: reg!(
                 "ferry_wal_resets",
@@ -270,18 +283,23 @@ impl Metrics {
         let _ = self.replication_lag_seconds.get_or_create(&l);
         let _ = self.snapshot_rows.get_or_create(&l);
         let _ = self.source_wal_bytes.get_or_create(&l);
-        let _ = self.wal_lock_hold.get_or_create(&l);
+        let _ = self.snapshot_copy_rows.get_or_create(&l);
+        let _ = self.snapshot_expected_rows.get_or_create(&l);
         let _ = self.wal_resets.get_or_create(&l);
         let _ = self.resyncs.get_or_create(&l);
         let _ = self.cutover_state.get_or_create(&l);
         let _ = self.writes_after_cutover.get_or_create(&l);
         for op in [OpLabel::insert, OpLabel::update, OpLabel::delete] {
-            let so = SourceOp {
+            let _ = self.captured_rows.get_or_create(&SourceOp {
                 source: source.to_string(),
-                op: op.clone(),
-            };
-            let _ = self.captured_rows.get_or_create(&so);
-            let _ = self.applied_rows.get_or_create(&so);
+                op,
+            });
+        }
+        for op in [OpLabel::upsert, OpLabel::delete] {
+            let _ = self.applied_rows.get_or_create(&SourceOp {
+                source: source.to_string(),
+                op,
+            });
         }
         for stage in Self::STAGES {
             for kind in Self::ERROR_KINDS {
@@ -306,22 +324,182 @@ impl Metrics {
         }
     }
 
-    /// The exposition in OpenMetrics text format (which Prometheus negotiates and parses).
+    /// The exposition in OpenMetrics text format.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
     }
+
+    /// The exposition in the format an HTTP `Accept` header asks for, with its content type.
+    pub fn encode_for(&self, accept: Option<&str>) -> (&'static str, String) {
+        let openmetrics = self.encode();
+        match ExpositionFormat::negotiate(accept) {
+            ExpositionFormat::OpenMetrics => (OPENMETRICS_CONTENT_TYPE, openmetrics),
+            ExpositionFormat::PrometheusText => (
+                PROMETHEUS_TEXT_CONTENT_TYPE,
+                openmetrics_to_prometheus_text(&openmetrics),
+            ),
+        }
+    }
 }
 
-/// Content type of [`Metrics::encode`]'s output.
+/// Content type of the OpenMetrics exposition.
 pub const OPENMETRICS_CONTENT_TYPE: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Content type of the classic Prometheus text exposition.
+pub const PROMETHEUS_TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// The two text formats `/metrics` serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExpositionFormat {
+    OpenMetrics,
+    PrometheusText,
+}
+
+impl ExpositionFormat {
+    /// OpenMetrics when the client lists `application/openmetrics-text` with a quality above
+    /// zero (Prometheus does, first, since 2.x); the Prometheus text format otherwise — what
+    /// a client that sends no `Accept` or `*/*` (curl, older scrapers) can always read.
+    pub fn negotiate(accept: Option<&str>) -> ExpositionFormat {
+        let wants_openmetrics = accept.is_some_and(|a| {
+            a.split(',').any(|range| {
+                let mut parts = range.split(';').map(str::trim);
+                let media = parts.next().unwrap_or("");
+                let refused = parts.any(|p| {
+                    p.strip_prefix("q=")
+                        .and_then(|q| q.parse::<f64>().ok())
+                        .is_some_and(|q| q <= 0.0)
+                });
+                media.eq_ignore_ascii_case("application/openmetrics-text") && !refused
+            })
+        });
+        if wants_openmetrics {
+            ExpositionFormat::OpenMetrics
+        } else {
+            ExpositionFormat::PrometheusText
+        }
+    }
+}
+
+/// Rewrites prometheus-client's OpenMetrics text (it writes no other text format) as the
+/// Prometheus text format 0.0.4. The two differ, for what ferry exports, in: the `# EOF`
+/// terminator and `# UNIT` lines (absent in 0.0.4); a counter family's `TYPE` line, which
+/// names the family without `_total` in OpenMetrics and the sample name with it in 0.0.4;
+/// and the `info` type, which 0.0.4 does not have (it is a gauge of 1 named `…_info`).
+/// Samples, labels, escaping and histogram series are written the same way in both.
+pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let kinds: std::collections::HashMap<&str, &str> = openmetrics
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE ")?.split_once(' '))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            match kind {
+                "counter" => out.push_str(&format!("# TYPE {name}_total counter\n")),
+                "info" => out.push_str(&format!("# TYPE {name}_info gauge\n")),
+                _ => {
+                    out.push_str(line);
+                    out.push('\n');
+                }
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            // HELP names the same metric as TYPE does.
+            let (name, help) = rest.split_once(' ').unwrap_or((rest, ""));
+            let name = match kinds.get(name).copied() {
+                Some("counter") => format!("{name}_total"),
+                Some("info") => format!("{name}_info"),
+                _ => name.to_string(),
+            };
+            out.push_str(&format!("# HELP {name} {help}\n"));
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn negotiation_follows_the_accept_header() {
+        // What Prometheus 2.x/3.x sends (scrape_protocols defaults).
+        let prometheus = "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2";
+        assert_eq!(
+            ExpositionFormat::negotiate(Some(prometheus)),
+            ExpositionFormat::OpenMetrics
+        );
+        for other in [
+            None,
+            Some("*/*"),
+            Some("text/plain;version=0.0.4"),
+            Some("application/openmetrics-text;q=0, text/plain"),
+        ] {
+            assert_eq!(
+                ExpositionFormat::negotiate(other),
+                ExpositionFormat::PrometheusText,
+                "{other:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn prometheus_text_names_counters_and_info_by_their_samples() {
+        let m = Metrics::new();
+        m.register_source("app", false);
+        m.captured_transactions
+            .get_or_create(&SourceLabel {
+                source: "app".into(),
+            })
+            .inc_by(7);
+        let (ctype, text) = m.encode_for(None);
+        assert_eq!(ctype, PROMETHEUS_TEXT_CONTENT_TYPE);
+        assert!(
+            !text.contains("# EOF") && !text.contains("# UNIT"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE ferry_captured_transactions_total counter\n")
+                && text.contains("# HELP ferry_captured_transactions_total ")
+                && text.contains("ferry_captured_transactions_total{source=\"app\"} 7\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE ferry_build_info gauge\n")
+                && text.contains("# TYPE ferry_apply_batch_duration_seconds histogram\n"),
+            "{text}"
+        );
+        // Every sample line belongs to the family its preceding TYPE line names (what the
+        // text-format parser of Prometheus checks).
+        let mut family = String::new();
+        for line in text.lines() {
+            if let Some(rest) = line.strip_prefix("# TYPE ") {
+                family = rest.split(' ').next().unwrap_or("").to_string();
+            } else if !line.starts_with('#') {
+                let name = line.split(['{', ' ']).next().unwrap_or("");
+                let base = ["_bucket", "_sum", "_count"]
+                    .iter()
+                    .find_map(|s| name.strip_suffix(s))
+                    .unwrap_or(name);
+                assert!(
+                    name == family || base == family,
+                    "{line} after TYPE {family}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn every_documented_metric_is_exported() {

@@ -339,7 +339,7 @@ fn metric_table_is_read_with_kinds() {
         Some(&MetricKind::Gauge)
     );
     assert_eq!(
-        documented.get("ferry_wal_lock_hold_seconds"),
+        documented.get("ferry_apply_batch_duration_seconds"),
         Some(&MetricKind::Histogram)
     );
     assert_eq!(

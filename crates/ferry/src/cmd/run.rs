@@ -20,7 +20,7 @@ use crate::status::{RunStatus, SourceState, SourceStatus};
 use anyhow::Context;
 use ferry_core::state_dir::StateDir;
 use ferry_core::{Lsn, SourceId};
-use ferry_pg::{PgTarget, ShipOptions, Shipper, TargetMode};
+use ferry_pg::{PgTarget, ShipEvent, ShipOptions, Shipper, TargetMode};
 use ferry_sqlite::LogSink;
 use ferry_sqlite::{CaptureOptions, CaptureStats, SqliteCapture};
 use std::path::PathBuf;
@@ -238,6 +238,17 @@ async fn run_async(cfg: Config) -> anyhow::Result<ExitCode> {
         ));
         status.update(id.as_str(), |s| s.log_id = Some(log.log_id().to_string()));
         metrics.register_source(id.as_str(), cfg.archive.is_some());
+        {
+            // Every group-commit fdatasync as it happens, on the writer's thread (the
+            // histogram is shared, so no family lookup per sync).
+            let fsync = metrics
+                .log_fsync_duration
+                .get_or_create(&SourceLabel {
+                    source: id.0.clone(),
+                })
+                .clone();
+            log.set_sync_observer(move |took| fsync.observe(took.as_secs_f64()));
+        }
         let mark = crate::cutover_mark::CutoverMark::read(&dir.source_dir(&id))?;
         let ship_limit = crate::logview::no_ship_limit();
         if let Some(m) = &mark {
@@ -387,6 +398,13 @@ fn spawn_capture(
         .spawn(move || {
             let mut backoff = Duration::from_millis(500);
             while !stop.load(Ordering::SeqCst) {
+                // A capture re-opened after an error counts from 0: what the ones before it
+                // counted is carried, so the published counters never go back.
+                let carried = src
+                    .capture_stats
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default();
                 let opts = CaptureOptions {
                     source_id: src.id.clone(),
                     poll_interval: Duration::from_millis(50),
@@ -412,6 +430,7 @@ fn spawn_capture(
                         None => None,
                     };
                     let mut ctx = CaptureContext {
+                        carried,
                         src: &src,
                         status: &status,
                         metrics: &metrics,
@@ -419,7 +438,10 @@ fn spawn_capture(
                         archiver,
                         last_archive_tick: None,
                     };
-                    capture_loop(&mut cap, &mut ctx, &stop, &requests)
+                    let ended = capture_loop(&mut cap, &mut ctx, &stop, &requests);
+                    // What the failing step counted before it failed.
+                    ctx.publish_stats(&cap);
+                    ended
                 });
                 match result {
                     Ok(()) => return,
@@ -457,6 +479,8 @@ fn spawn_capture(
 
 /// What the capture thread works with besides the capture itself.
 struct CaptureContext<'a> {
+    /// Counters of this run's earlier captures of the source (see [`carried_over`]).
+    carried: CaptureStats,
     src: &'a SourceRuntime,
     status: &'a RunStatus,
     metrics: &'a Metrics,
@@ -469,6 +493,13 @@ struct CaptureContext<'a> {
 const ARCHIVE_TICK: Duration = Duration::from_secs(1);
 
 impl CaptureContext<'_> {
+    /// Publishes the capture's statistics, counted since `ferry run` started.
+    fn publish_stats(&self, cap: &SqliteCapture) {
+        if let Ok(mut s) = self.src.capture_stats.lock() {
+            *s = carried_over(&self.carried, &cap.stats());
+        }
+    }
+
     /// One round of archiving (when an archive is configured): sealed segments, a base when
     /// due or forced, retention; then the archive metrics.
     fn archive(
@@ -548,9 +579,7 @@ fn capture_loop(
         // from stopping, draining for a cutover or taking a base.
         let step_started = ferry_core::now_micros();
         let step = cap.step(Duration::from_millis(200))?;
-        if let Ok(mut s) = src.capture_stats.lock() {
-            *s = cap.stats();
-        }
+        ctx.publish_stats(cap);
         if step.caught_up {
             // The step's last poll, later than its start, found nothing new; what it read is
             // durable now. So everything committed before `step_started` is in the log.
@@ -613,9 +642,7 @@ fn capture_loop(
                     .drain()
                     .map(|_| src.log.durable_lsn())
                     .map_err(|e| e.to_string());
-                if let Ok(mut s) = src.capture_stats.lock() {
-                    *s = cap.stats();
-                }
+                ctx.publish_stats(cap);
                 let _ = reply.send(r);
             }
             Ok(CaptureRequest::BackupNow(reply)) => {
@@ -631,6 +658,81 @@ fn capture_loop(
             }
             Ok(CaptureRequest::Changed) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
+        }
+    }
+}
+
+/// `now`'s counters added to `before`'s (the captures this run opened earlier); gauges and
+/// positions are `now`'s.
+fn carried_over(before: &CaptureStats, now: &CaptureStats) -> CaptureStats {
+    CaptureStats {
+        transactions: before.transactions + now.transactions,
+        inserts: before.inserts + now.inserts,
+        updates: before.updates + now.updates,
+        deletes: before.deletes + now.deletes,
+        schema_changes: before.schema_changes + now.schema_changes,
+        snapshot_rows: before.snapshot_rows + now.snapshot_rows,
+        resyncs: before.resyncs + now.resyncs,
+        rollback_polls: before.rollback_polls + now.rollback_polls,
+        wal_frames_read: before.wal_frames_read + now.wal_frames_read,
+        wal_bound_rounds: before.wal_bound_rounds + now.wal_bound_rounds,
+        wal_bound_failures: before.wal_bound_failures + now.wal_bound_failures,
+        wal_resets: before.wal_resets + now.wal_resets,
+        checkpoint_yields: before.checkpoint_yields + now.checkpoint_yields,
+        checkpoint_yield_max: before.checkpoint_yield_max.max(now.checkpoint_yield_max),
+        lock_hold_max: before.lock_hold_max.max(now.lock_hold_max),
+        lock_hold_total: before.lock_hold_total + now.lock_hold_total,
+        ..now.clone()
+    }
+}
+
+/// What a shipper reports as it happens goes straight into the metrics: every batch into
+/// the apply histograms and row counters, every failed attempt into the error counter.
+/// (Sampling the status instead would see one batch per tick, and a shipper rebuilt after
+/// an outage starts its counts again at 0.)
+fn ship_observer(metrics: &Metrics, source: &str) -> impl Fn(&ShipEvent) + Send + Sync + 'static {
+    let l = SourceLabel {
+        source: source.to_string(),
+    };
+    let op = |op| SourceOp {
+        source: source.to_string(),
+        op,
+    };
+    let records = metrics.apply_batch_records.get_or_create(&l).clone();
+    let duration = metrics.apply_batch_duration.get_or_create(&l).clone();
+    let upserted = metrics
+        .applied_rows
+        .get_or_create(&op(OpLabel::upsert))
+        .clone();
+    let deleted = metrics
+        .applied_rows
+        .get_or_create(&op(OpLabel::delete))
+        .clone();
+    // Only transient errors are retried, and those are the connection's (lost, refused,
+    // server restarting).
+    let failed_attempts = metrics
+        .source_errors
+        .get_or_create(&crate::metrics::SourceError {
+            source: source.to_string(),
+            stage: "ship".into(),
+            kind: "connection".into(),
+        })
+        .clone();
+    move |event| match event {
+        ShipEvent::BatchApplied {
+            records: n,
+            rows_upserted,
+            rows_deleted,
+            duration: took,
+        } => {
+            records.observe(*n as f64);
+            duration.observe(took.as_secs_f64());
+            upserted.inc_by(*rows_upserted);
+            deleted.inc_by(*rows_deleted);
+        }
+        // The shipper logs the attempt itself.
+        ShipEvent::Retrying { .. } => {
+            failed_attempts.inc();
         }
     }
 }
@@ -656,6 +758,7 @@ async fn ship_loop(
         let result = async {
             tracing::debug!(source = %input.id, "connecting the shipper");
             let mut shipper = Shipper::new(target.clone(), input.options.clone()).await?;
+            shipper.set_observer(ship_observer(&metrics, &input.id));
             tracing::debug!(source = %input.id, "shipper connected");
             if let Ok(mut slot) = input.ship_status.lock() {
                 *slot = Some(shipper.status_handle());
@@ -792,20 +895,8 @@ fn monitor_shipped_only(src: &ShippedOnlySource, ctx: &RunContext) {
         s.shipped_lsn = applied.0;
         s.lag_records = lag_records;
         s.lag_seconds = lag_seconds;
-        match &ship {
-            Some(st) if st.phase == "failed" => {
-                s.state = SourceState::Error;
-                s.last_error = st.last_error.clone();
-            }
-            Some(st) => {
-                s.state = if st.phase == "streaming" {
-                    SourceState::Streaming
-                } else {
-                    SourceState::Snapshotting
-                };
-                s.last_error = None;
-            }
-            None => {}
+        if let Some(st) = &ship {
+            apply_ship_state(s, st);
         }
         up = s.state != SourceState::Error;
     });
@@ -820,10 +911,74 @@ struct Published {
     updates: u64,
     deletes: u64,
     resyncs: u64,
-    applied_upserted: u64,
-    applied_deleted: u64,
+    wal_resets: u64,
     loaded: u64,
-    batches: u64,
+    /// The status of the shipper whose `rows_loaded` `loaded` is: a shipper rebuilt after
+    /// an outage counts from 0 again.
+    ship_handle: Option<Arc<Mutex<ferry_pg::ShipStatus>>>,
+    /// The highest applied position seen (or recorded in the log as the shipper's consumer
+    /// position at start): a rebuilt shipper reports 0 until it has read `ferry.progress`,
+    /// which is not PostgreSQL going back.
+    shipped: Lsn,
+}
+
+/// How much a counter copied from a stage grew since `before`. A smaller value means the
+/// stage's counts started again (a new capture or shipper): all of `now` is new then.
+fn counter_delta(now: u64, before: u64) -> u64 {
+    if now >= before { now - before } else { now }
+}
+
+/// The rows a load status says were handed to COPY, and the rows it expects: (0, 0) before
+/// the copy starts (the profiling pass counts what it reads, not what is loaded).
+fn load_rows(load: Option<&ferry_pg::LoadProgress>) -> (u64, u64) {
+    match load {
+        Some(l) if matches!(l.step.as_str(), "copying" | "indexing" | "done") => {
+            (l.rows_done, l.rows_total)
+        }
+        _ => (0, 0),
+    }
+}
+
+/// The state and error `/status` shows for a source, from the shipper's phase. Errors of
+/// capture are capture's to set and clear (see `capture_loop`); a shipping error — the
+/// shipper failed, or retries a lost PostgreSQL — lasts until a shipper reaches PostgreSQL
+/// again (phase `loading` or `streaming`).
+fn apply_ship_state(s: &mut SourceStatus, ship: &ferry_pg::ShipStatus) {
+    let capture_error = s.state == SourceState::Error
+        && s.last_error
+            .as_deref()
+            .is_some_and(|e| e.starts_with("capture"));
+    if s.state == SourceState::CutOver || capture_error {
+        return;
+    }
+    match ship.phase.as_str() {
+        "failed" => {
+            s.state = SourceState::Error;
+            s.last_error = ship.last_error.clone();
+        }
+        "retrying" => {
+            s.state = SourceState::Error;
+            s.last_error = Some(format!(
+                "shipping to PostgreSQL: {} (retrying; the log keeps every change)",
+                ship.last_error.as_deref().unwrap_or("connection lost")
+            ));
+        }
+        "loading" | "streaming" => {
+            s.state = if ship.phase == "streaming" {
+                SourceState::Streaming
+            } else {
+                SourceState::Snapshotting
+            };
+            s.last_error = None;
+        }
+        // `starting` (connecting) and `stopped` say nothing new: an earlier error stays
+        // until PostgreSQL answers.
+        _ => {
+            if matches!(s.state, SourceState::Starting) {
+                s.state = SourceState::Snapshotting;
+            }
+        }
+    }
 }
 
 /// Transactions found in the log after the cutover record, counted incrementally.
@@ -859,8 +1014,15 @@ impl AfterCutover {
 }
 
 fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop: Arc<AtomicBool>) {
-    let mut published: Vec<Published> = ctx.sources.iter().map(|_| Published::default()).collect();
-    let mut consumer_written: Vec<Lsn> = ctx.sources.iter().map(|_| Lsn::ZERO).collect();
+    let mut published: Vec<Published> = ctx
+        .sources
+        .iter()
+        .map(|src| Published {
+            shipped: shipper_consumer_position(&src.log),
+            ..Published::default()
+        })
+        .collect();
+    let mut consumer_written: Vec<Lsn> = published.iter().map(|p| p.shipped).collect();
     let mut after: Vec<AfterCutover> = ctx
         .sources
         .iter()
@@ -880,14 +1042,18 @@ fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop
                 .lock()
                 .map(|s| s.clone())
                 .unwrap_or_default();
-            let ship = src
-                .ship_status
-                .lock()
-                .ok()
-                .and_then(|s| s.clone())
+            let handle = src.ship_status.lock().ok().and_then(|s| s.clone());
+            let ship = handle
+                .as_ref()
                 .and_then(|h| h.lock().ok().map(|s| s.clone()));
+            let p = &mut published[i];
+            let m = &ctx.metrics;
             let durable = src.log.durable_lsn();
-            let applied = ship.as_ref().map_or(Lsn::ZERO, |s| s.applied_lsn);
+            let applied = ship
+                .as_ref()
+                .map_or(Lsn::ZERO, |s| s.applied_lsn)
+                .max(p.shipped);
+            p.shipped = applied;
             let cutover = src.cutover_lsn.lock().ok().and_then(|g| *g);
             // After a cutover nothing past the cutover record is shipped, so lag counts only
             // up to it; what SQLite received later is reported as writes after cutover.
@@ -898,11 +1064,10 @@ fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop
             } else {
                 oldest_unapplied_age(src.log.reader(applied.next()))
             };
-            let p = &mut published[i];
-            let m = &ctx.metrics;
             m.captured_transactions
                 .get_or_create(&l)
-                .inc_by(cap.transactions.saturating_sub(p.transactions));
+                .inc_by(counter_delta(cap.transactions, p.transactions));
+            p.transactions = cap.transactions;
             for (op, now, before) in [
                 (
                     OpLabel::insert,
@@ -917,14 +1082,17 @@ fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop
                         source: src.id.clone(),
                         op,
                     })
-                    .inc_by(now.saturating_sub(*before));
+                    .inc_by(counter_delta(now, *before));
                 *before = now;
             }
-            p.transactions = cap.transactions;
             m.resyncs
                 .get_or_create(&l)
-                .inc_by(cap.resyncs.saturating_sub(p.resyncs));
+                .inc_by(counter_delta(cap.resyncs, p.resyncs));
             p.resyncs = cap.resyncs;
+            m.wal_resets
+                .get_or_create(&l)
+                .inc_by(counter_delta(cap.wal_resets, p.wal_resets));
+            p.wal_resets = cap.wal_resets;
             m.capture_lsn.get_or_create(&l).set(durable.0 as i64);
             m.shipped_lsn.get_or_create(&l).set(applied.0 as i64);
             m.replication_lag_records
@@ -940,42 +1108,53 @@ fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop
                     .get_or_create(&l)
                     .set(segs.iter().map(|s| s.bytes as i64).sum());
             }
+            let same_shipper = match (&handle, &p.ship_handle) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            };
+            if !same_shipper {
+                // A new shipper: first the rows the one before it loaded since the last
+                // tick, then count the new one's from 0.
+                let last = p
+                    .ship_handle
+                    .as_ref()
+                    .and_then(|h| h.lock().ok().map(|s| s.stats.rows_loaded));
+                if let Some(last) = last {
+                    m.snapshot_rows
+                        .get_or_create(&l)
+                        .inc_by(counter_delta(last, p.loaded));
+                }
+                p.loaded = 0;
+                p.ship_handle = handle.clone();
+            }
             if let Some(ship) = &ship {
                 let st = &ship.stats;
-                m.applied_rows
-                    .get_or_create(&SourceOp {
-                        source: src.id.clone(),
-                        op: OpLabel::insert,
-                    })
-                    .inc_by(st.rows_upserted.saturating_sub(p.applied_upserted));
-                m.applied_rows
-                    .get_or_create(&SourceOp {
-                        source: src.id.clone(),
-                        op: OpLabel::delete,
-                    })
-                    .inc_by(st.rows_deleted.saturating_sub(p.applied_deleted));
                 m.snapshot_rows
                     .get_or_create(&l)
-                    .inc_by(st.rows_loaded.saturating_sub(p.loaded));
-                if st.batches > p.batches {
-                    m.apply_batch_records
-                        .get_or_create(&l)
-                        .observe(st.last_batch_records as f64);
-                    m.apply_batch_duration
-                        .get_or_create(&l)
-                        .observe(st.last_batch_duration.as_secs_f64());
-                }
-                p.applied_upserted = st.rows_upserted;
-                p.applied_deleted = st.rows_deleted;
+                    .inc_by(counter_delta(st.rows_loaded, p.loaded));
                 p.loaded = st.rows_loaded;
-                p.batches = st.batches;
-                let (loading, streaming) = ship.tables.iter().fold((0i64, 0i64), |(a, b), t| {
-                    if t.state == ferry_pg::TableState::Streaming {
-                        (a, b + 1)
-                    } else {
-                        (a + 1, b)
-                    }
-                });
+                let (copied, expected) = load_rows(ship.load.as_ref());
+                m.snapshot_copy_rows.get_or_create(&l).set(copied as i64);
+                m.snapshot_expected_rows
+                    .get_or_create(&l)
+                    .set(expected as i64);
+                let (mut loading, streaming) =
+                    ship.tables.iter().fold((0i64, 0i64), |(a, b), t| {
+                        if t.state == ferry_pg::TableState::Streaming {
+                            (a, b + 1)
+                        } else {
+                            (a + 1, b)
+                        }
+                    });
+                // The first pass of a new source's load (profiling) runs before its tables
+                // exist in PostgreSQL: they are loading all the same (alerts leave loading
+                // sources alone, however long the load).
+                if let Some(load) = ship.load.as_ref().filter(|l| l.step != "done")
+                    && ship.tables.is_empty()
+                {
+                    loading = load.tables_total as i64;
+                }
                 m.snapshot_tables
                     .get_or_create(&crate::metrics::SourceState {
                         source: src.id.clone(),
@@ -996,6 +1175,7 @@ fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop
             // Writes that reach SQLite after the cutover (the fence was bypassed, or ferry was
             // stopped and restarted): counted and reported loudly.
             let after_cutover = cutover.map(|c| after[i].scan(&src.log, c, durable));
+            let mut up = true;
             ctx.status.update(&src.id, |s| {
                 s.captured_lsn = durable.0;
                 s.shipped_lsn = applied.0;
@@ -1013,35 +1193,22 @@ fn monitor_loop(ctx: Arc<RunContext>, shipped_only: Vec<ShippedOnlySource>, stop
                     }
                     s.writes_after_cutover = n;
                 }
-                let ship_error = ship.as_ref().and_then(|st| st.last_error.clone());
-                match (&ship, s.state) {
-                    (_, SourceState::CutOver) => {}
-                    (Some(st), _) if st.phase == "failed" => {
-                        s.state = SourceState::Error;
-                        s.last_error = ship_error;
-                    }
-                    (Some(st), SourceState::Starting | SourceState::Snapshotting | SourceState::Streaming) => {
-                        s.state = if st.phase == "streaming" { SourceState::Streaming } else { SourceState::Snapshotting };
-                        s.last_error = None;
-                    }
-                    // A shipping error is over once a shipper runs again without one.
-                    (Some(st), SourceState::Error) if st.phase != "failed" && st.last_error.is_none() && s.last_error.as_deref().is_some_and(|e| e.starts_with("shipping")) => {
-                        s.state = if st.phase == "streaming" { SourceState::Streaming } else { SourceState::Snapshotting };
-                        s.last_error = None;
-                    }
-                    _ => {}
+                if let Some(st) = &ship {
+                    apply_ship_state(s, st);
                 }
+                up = s.state != SourceState::Error;
             });
-            let up = ctx
-                .status
-                .report()
-                .sources
-                .iter()
-                .find(|s| s.source == src.id)
-                .is_some_and(|s| s.state != SourceState::Error);
             m.source_up.get_or_create(&l).set(i64::from(up));
         }
     }
+}
+
+/// Where the log says the shipper had got to (0 when it never recorded a position).
+fn shipper_consumer_position(log: &ferry_log::Log) -> Lsn {
+    log.consumers()
+        .ok()
+        .and_then(|c| c.into_iter().find(|(name, _)| name == SHIPPER_CONSUMER))
+        .map_or(Lsn::ZERO, |(_, lsn)| lsn)
 }
 
 /// Seconds since the capture of the oldest record not yet applied.
@@ -1059,5 +1226,103 @@ fn oldest_unapplied_age(reader: Result<ferry_log::LogReader, ferry_log::LogError
             None => 0.0,
         },
         _ => 0.0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_counter_that_starts_again_counts_all_of_its_new_value() {
+        assert_eq!(counter_delta(15, 10), 5);
+        assert_eq!(counter_delta(10, 10), 0);
+        // A new shipper or capture at 3 after the old one had reached 10: 3 new events.
+        assert_eq!(counter_delta(3, 10), 3);
+    }
+
+    #[test]
+    fn capture_counters_carry_over_a_reopened_capture() {
+        let before = CaptureStats {
+            transactions: 10,
+            inserts: 7,
+            wal_resets: 2,
+            wal_bytes: 4096,
+            lock_hold_max: Duration::from_millis(5),
+            ..CaptureStats::default()
+        };
+        let now = CaptureStats {
+            transactions: 3,
+            inserts: 1,
+            wal_resets: 1,
+            wal_bytes: 512,
+            lock_hold_max: Duration::from_millis(2),
+            ..CaptureStats::default()
+        };
+        let c = carried_over(&before, &now);
+        assert_eq!((c.transactions, c.inserts, c.wal_resets), (13, 8, 3));
+        assert_eq!(c.wal_bytes, 512, "a gauge is the live capture's");
+        assert_eq!(c.lock_hold_max, Duration::from_millis(5));
+    }
+
+    fn ship(phase: &str, error: Option<&str>) -> ferry_pg::ShipStatus {
+        ferry_pg::ShipStatus {
+            phase: phase.into(),
+            last_error: error.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_retrying_shipper_is_an_error_until_postgres_answers() {
+        let mut s = SourceStatus::new("app", "sqlite", "/x/app.db");
+        apply_ship_state(&mut s, &ship("streaming", None));
+        assert_eq!(s.state, SourceState::Streaming);
+        apply_ship_state(&mut s, &ship("retrying", Some("connection refused")));
+        assert_eq!(s.state, SourceState::Error);
+        let e = s.last_error.clone().unwrap_or_default();
+        assert!(
+            e.starts_with("shipping to PostgreSQL: connection refused") && e.contains("retrying"),
+            "{e}"
+        );
+        // A rebuilt shipper still connecting says nothing new.
+        apply_ship_state(&mut s, &ship("starting", None));
+        assert_eq!(s.state, SourceState::Error);
+        apply_ship_state(&mut s, &ship("streaming", None));
+        assert_eq!(
+            (s.state, s.last_error.as_deref()),
+            (SourceState::Streaming, None)
+        );
+        // A capture error is capture's to clear, and a cut-over source stays cut over.
+        s.state = SourceState::Error;
+        s.last_error = Some("capture of /x/app.db: gone".into());
+        apply_ship_state(&mut s, &ship("streaming", None));
+        assert_eq!(s.state, SourceState::Error);
+        s.state = SourceState::CutOver;
+        apply_ship_state(&mut s, &ship("retrying", Some("refused")));
+        assert_eq!(s.state, SourceState::CutOver);
+    }
+
+    #[test]
+    fn load_rows_count_from_the_copy_on() {
+        let mut l = ferry_pg::LoadProgress {
+            step: "profiling".into(),
+            rows_total: 0,
+            rows_done: 500,
+            ..Default::default()
+        };
+        assert_eq!(
+            load_rows(Some(&l)),
+            (0, 0),
+            "profiling reads, loads nothing"
+        );
+        l.step = "copying".into();
+        l.rows_total = 1000;
+        l.rows_done = 400;
+        assert_eq!(load_rows(Some(&l)), (400, 1000));
+        l.step = "done".into();
+        l.rows_done = 1000;
+        assert_eq!(load_rows(Some(&l)), (1000, 1000));
+        assert_eq!(load_rows(None), (0, 0));
     }
 }

@@ -319,16 +319,14 @@ pub fn verify_tables(
     let client = rt
         .block_on(target.connect())
         .context("connecting to PostgreSQL")?;
-    let progress = indicatif::ProgressBar::new(tables.len() as u64).with_style(
-        indicatif::ProgressStyle::with_template("verify {bar:30} {pos}/{len} tables {msg}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    if matches!(rows, Rows::Keys { .. }) {
-        progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
-    }
+    // The cutover's comparisons by key are short and part of its own report: no bar.
+    let progress = match rows {
+        Rows::All => crate::verify_progress::VerifyProgress::new(tables.len()),
+        Rows::Keys { .. } => crate::verify_progress::VerifyProgress::quiet(tables.len()),
+    };
     let mut out = Vec::new();
     for t in &tables {
-        progress.set_message(t.name.clone());
+        progress.start_table(&t.name);
         let schema: TableSchema = sqlite_read::table_schema(&conn, t)?;
         let target_name = map_opts.target_table_name(&t.name);
         let found = rt.block_on(find_table(&client, &map_opts.schema, &target_name))?;
@@ -337,7 +335,7 @@ pub fn verify_tables(
             .as_ref()
             .and_then(|ct| map_onto(&schema, ct, map_opts.keep_case, &mut problems));
         if map.is_none() && !problems.is_empty() {
-            eprintln!("table {:?}: {}", t.name, problems.join("; "));
+            tracing::warn!(table = %t.name, "{}", problems.join("; "));
         }
         let comparison = match (rows, &map) {
             (Rows::Keys { keys, whole }, map) if !whole.contains(&t.name) => {
@@ -348,6 +346,7 @@ pub fn verify_tables(
                 // The table (or its columns) is not in PostgreSQL: every row is missing.
                 let mut c = Comparison::default();
                 sqlite_read::for_each_row(&conn, t, |k, _| {
+                    progress.rows().row();
                     c.left_rows += 1;
                     c.missing += 1;
                     if c.differing_keys.len() < MAX_DIFF_KEYS {
@@ -361,7 +360,7 @@ pub fn verify_tables(
                 })?;
                 c
             }
-            (_, Some(map)) => compare_table(rt, &client, &conn, t, map)?,
+            (_, Some(map)) => compare_table(rt, &client, &conn, t, map, progress.rows())?,
         };
         out.push(TableResult {
             table: t.name.clone(),
@@ -373,9 +372,9 @@ pub fn verify_tables(
             map,
             in_flight: 0,
         });
-        progress.inc(1);
+        progress.table_done();
     }
-    progress.finish_and_clear();
+    progress.finish();
     if reading == Reading::OneSnapshot {
         conn.execute_batch("COMMIT")?;
     }
@@ -449,6 +448,7 @@ fn compare_table(
     conn: &rusqlite::Connection,
     t: &VerifyTable,
     map: &TableMap,
+    progress: &crate::verify_progress::RowProgress,
 ) -> anyhow::Result<Comparison<Vec<Value>>> {
     // PostgreSQL's pages from a scoped thread into a bounded channel; SQLite's rows read here
     // (a rusqlite connection cannot be shared between threads).
@@ -478,7 +478,10 @@ fn compare_table(
         // read one snapshot.
         let mut chunks = sqlite_read::ChunkedRows::new(conn, t, PAGE);
         let left = std::iter::from_fn(|| match chunks.next_row() {
-            Ok(Some((k, v))) => Some(Ok((k.clone(), (k, v)))),
+            Ok(Some((k, v))) => {
+                progress.row();
+                Some(Ok((k.clone(), (k, v))))
+            }
             Ok(None) => None,
             Err(e) => Some(Err(anyhow::Error::new(e))),
         });
