@@ -472,3 +472,147 @@ fn bases_taken_while_the_application_writes_continuously_are_consistent() {
     }
     restore_and_compare(&h, &archive, last, "live-last");
 }
+
+fn reopen(h: &mut Harness) -> Result<(), ArchiveError> {
+    let opts = h.archiver.options().clone();
+    h.archiver = ferry_archive::Archiver::open(opts, "app", &h.log_dir)?;
+    Ok(())
+}
+
+fn archive_files(h: &Harness) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["bases", "segments"] {
+        for e in std::fs::read_dir(h.archive_dir.join("app").join(sub)).unwrap() {
+            out.push(format!(
+                "{sub}/{}",
+                e.unwrap().file_name().to_string_lossy()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_lost_manifest_is_rebuilt_from_the_files_and_nothing_is_deleted() {
+    let mut h = Harness::new(21, |_| {});
+    h.run(steps(90), 30);
+    let before = Archive::open(&h.archive_dir, None)
+        .unwrap()
+        .manifest()
+        .clone();
+    let files = archive_files(&h);
+    assert_eq!(files.len(), before.bases.len() + before.segments.len());
+    std::fs::remove_file(h.archive_dir.join("app/manifest.json")).unwrap();
+    reopen(&mut h).unwrap();
+    assert_eq!(archive_files(&h), files, "every file is still there");
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let m = archive.manifest();
+    assert_eq!(
+        m.bases
+            .iter()
+            .map(|b| (b.lsn, b.crc32c, b.bytes))
+            .collect::<Vec<_>>(),
+        before
+            .bases
+            .iter()
+            .map(|b| (b.lsn, b.crc32c, b.bytes))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        m.segments
+            .iter()
+            .map(|s| (s.first_lsn, s.last_lsn, s.crc32c, s.records))
+            .collect::<Vec<_>>(),
+        before
+            .segments
+            .iter()
+            .map(|s| (s.first_lsn, s.last_lsn, s.crc32c, s.records))
+            .collect::<Vec<_>>()
+    );
+    let last = *h.points.keys().last().unwrap();
+    restore_and_compare(&h, &archive, last, "rebuilt");
+    restore_and_compare(&h, &archive, h.bases[0], "rebuilt");
+}
+
+#[test]
+fn an_older_manifest_copy_never_deletes_newer_files() {
+    let mut h = Harness::new(23, |_| {});
+    h.run(steps(60), 30);
+    let old_manifest = std::fs::read(h.archive_dir.join("app/manifest.json")).unwrap();
+    let old = Archive::open(&h.archive_dir, None)
+        .unwrap()
+        .manifest()
+        .clone();
+    h.run(steps(60), 20);
+    let files = archive_files(&h);
+    let newer = Archive::open(&h.archive_dir, None)
+        .unwrap()
+        .manifest()
+        .clone();
+    assert!(newer.segments.len() > old.segments.len());
+    assert!(newer.bases.len() > old.bases.len());
+    // The operator puts back a copy of the manifest from before the second half of the run.
+    std::fs::write(h.archive_dir.join("app/manifest.json"), &old_manifest).unwrap();
+    reopen(&mut h).unwrap();
+    assert_eq!(archive_files(&h), files, "no newer file was deleted");
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    assert_eq!(
+        archive
+            .manifest()
+            .bases
+            .iter()
+            .map(|b| b.lsn)
+            .collect::<Vec<_>>(),
+        newer.bases.iter().map(|b| b.lsn).collect::<Vec<_>>(),
+        "the newer bases are adopted again"
+    );
+    assert_eq!(
+        archive.manifest().archived_through(),
+        newer.archived_through()
+    );
+    let last = *h.points.keys().last().unwrap();
+    restore_and_compare(&h, &archive, last, "older-copy");
+
+    // What retention dropped from the manifest but had not deleted is still cleaned up.
+    let oldest = archive.manifest().bases[0].clone();
+    let kept = h.dir.path().join("old-base.db");
+    std::fs::copy(archive.source_dir().join(&oldest.file), &kept).unwrap();
+    let mut opts = h.archiver.options().clone();
+    opts.keep_bases = 1;
+    h.archiver = ferry_archive::Archiver::open(opts, "app", &h.log_dir).unwrap();
+    let step = h.archiver.apply_retention(SystemTime::now()).unwrap();
+    assert!(step.bases_removed.contains(&oldest.lsn));
+    std::fs::copy(&kept, archive.source_dir().join(&oldest.file)).unwrap();
+    reopen(&mut h).unwrap();
+    assert!(
+        !archive.source_dir().join(&oldest.file).exists(),
+        "a base older than the manifest's oldest is retention's leftover"
+    );
+}
+
+#[test]
+fn bases_without_a_manifest_or_segments_are_refused_not_deleted() {
+    let mut h = Harness::new(25, |_| {});
+    for _ in 0..10 {
+        h.step();
+    }
+    h.take_base();
+    let app = h.archive_dir.join("app");
+    std::fs::remove_file(app.join("manifest.json")).unwrap();
+    for e in std::fs::read_dir(app.join("segments")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let files = archive_files(&h);
+    assert_eq!(files.len(), 1);
+    let err = reopen(&mut h).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::ManifestMissing { .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&app.display().to_string()), "{msg}");
+    assert!(msg.contains("manifest.json"), "{msg}");
+    assert_eq!(archive_files(&h), files, "the base is untouched");
+    assert!(!app.join("manifest.json").exists());
+}

@@ -214,10 +214,8 @@ pub async fn rows_with_keys<C: GenericClient>(
         if columns.first().is_none_or(Vec::is_empty) {
             continue;
         }
-        let params: Vec<&(dyn ToSql + Sync)> = columns
-            .iter()
-            .map(|c| c as &(dyn ToSql + Sync))
-            .collect();
+        let params: Vec<&(dyn ToSql + Sync)> =
+            columns.iter().map(|c| c as &(dyn ToSql + Sync)).collect();
         let rows = client
             .query(&stmt, &params)
             .await

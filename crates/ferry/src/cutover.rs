@@ -24,12 +24,12 @@
 //!    failed switch leaves replication exactly as it was. The window is fence → done.
 
 use crate::cmd::run::{RunContext, SourceRuntime};
+use crate::cmd::verify::{ChangedKeys, Rows};
 use crate::control::{self, Event, Request};
 use crate::status::SourceState;
 use anyhow::Context;
 use ferry_core::{CutoverRecord, Lsn, Record};
 use ferry_pg::mapping::MapOptions;
-use crate::cmd::verify::{ChangedKeys, Rows};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -404,7 +404,10 @@ async fn cutover(
     for (i, src) in ctx.sources.iter().enumerate() {
         let whole = full || schema_changed_between(src, pre_lsn[i], drained[i])?;
         let (results, what) = if whole {
-            (verify_source(ctx, src, None).await?, "every row".to_string())
+            (
+                verify_source(ctx, src, None).await?,
+                "every row".to_string(),
+            )
         } else {
             let keys = keys_changed_between(src, pre_lsn[i], drained[i])?;
             let n: usize = keys.values().map(|k| k.len()).sum();
@@ -413,7 +416,10 @@ async fn cutover(
             } else {
                 verify_source(ctx, src, Some(keys)).await?
             };
-            (results, format!("the {n} rows changed since LSN {}", pre_lsn[i]))
+            (
+                results,
+                format!("the {n} rows changed since LSN {}", pre_lsn[i]),
+            )
         };
         if let Some(bad) = first_difference(&results) {
             anyhow::bail!("source {}: {bad} under the fence", src.id);

@@ -122,7 +122,10 @@ pub fn select_in_key_order(t: &VerifyTable) -> String {
 pub fn select_by_key(t: &VerifyTable) -> String {
     let cols: Vec<String> = t.columns.iter().map(|c| quote(c)).collect();
     let (select, filter) = if t.key.is_empty() {
-        (format!("rowid, {}", cols.join(", ")), "rowid = ?1".to_string())
+        (
+            format!("rowid, {}", cols.join(", ")),
+            "rowid = ?1".to_string(),
+        )
     } else {
         (
             cols.join(", "),

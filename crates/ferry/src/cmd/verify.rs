@@ -120,7 +120,8 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             let pass = |rows: Rows<'_>| -> anyhow::Result<(Vec<TableResult>, ChangedKeys)> {
                 let l0 = log.durable_lsn()?;
                 wait_for_shipped(&rf.admin_addr, l0, Duration::from_secs(120))?;
-                let results = verify_tables(&rt, &target, &args.source, &map_opts, &includes, rows)?;
+                let results =
+                    verify_tables(&rt, &target, &args.source, &map_opts, &includes, rows)?;
                 // Every commit SQLite's read saw must be in the log before `l1` is taken, or
                 // its key would not be set aside: wait for a capture pass that began after the
                 // read and found nothing unread. (A fixed pause was not enough on a loaded
@@ -344,7 +345,9 @@ pub fn verify_tables(
 /// The comparison rule: converting the SQLite row the way the shipper does gives
 /// PostgreSQL's values. For rowid-keyed tables the rowid is not in the row image: the key
 /// carries it.
-fn same_row(map: &TableMap) -> impl Fn(&(Vec<Value>, Vec<Value>), &Vec<ferry_pg::types::Datum>) -> bool + '_ {
+fn same_row(
+    map: &TableMap,
+) -> impl Fn(&(Vec<Value>, Vec<Value>), &Vec<ferry_pg::types::Datum>) -> bool + '_ {
     let keyed_by_rowid = map.source.keyed_by_rowid();
     move |l, r| {
         let rowid = if keyed_by_rowid {
@@ -383,10 +386,14 @@ fn compare_keys(
         None => Vec::new(),
     };
     right.sort_by(|a, b| a.0.cmp(&b.0));
-    let left = left.into_iter().map(|(k, v)| Ok::<_, anyhow::Error>((k.clone(), (k, v))));
+    let left = left
+        .into_iter()
+        .map(|(k, v)| Ok::<_, anyhow::Error>((k.clone(), (k, v))));
     let right = right.into_iter().map(Ok::<_, anyhow::Error>);
     let result = match map {
-        Some(map) => compare_sorted_keeping(left, right, |a, b| a.cmp(b), same_row(map), MAX_DIFF_KEYS),
+        Some(map) => {
+            compare_sorted_keeping(left, right, |a, b| a.cmp(b), same_row(map), MAX_DIFF_KEYS)
+        }
         None => compare_sorted_keeping(left, right, |a, b| a.cmp(b), |_, _| false, MAX_DIFF_KEYS),
     };
     match result {
