@@ -162,6 +162,11 @@ impl SegmentRecords {
         })
     }
 
+    /// CRC-32C and length of the whole file as read.
+    pub fn crc_and_len(&self) -> (u32, u64) {
+        (crc32c::crc32c(&self.bytes), self.bytes.len() as u64)
+    }
+
     /// The records with `lsn` in `from..=to`, decoded, in order.
     pub fn records(
         &self,

@@ -616,3 +616,130 @@ fn bases_without_a_manifest_or_segments_are_refused_not_deleted() {
     assert_eq!(archive_files(&h), files, "the base is untouched");
     assert!(!app.join("manifest.json").exists());
 }
+
+/// PostgreSQL holds nothing of the source: no progress row, no table.
+async fn pg_untouched(db: &TestDb) {
+    let client = db.connect().await;
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "no table was created");
+    let progress = ferry_pg::read_progress(&client, "app").await;
+    assert!(
+        !matches!(progress, Ok(Some(_))),
+        "no progress row: {progress:?}"
+    );
+}
+
+#[test]
+fn damaged_or_missing_files_are_named_before_either_restore_starts() {
+    let mut h = Harness::new(27, |_| {});
+    h.run(steps(100), 40);
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let last = *h.points.keys().last().unwrap();
+    let plan = archive.plan(RestoreTarget::Lsn(last)).unwrap();
+    assert!(plan.segments.len() >= 2, "{} segments", plan.segments.len());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg_err = |plan: &ferry_archive::RestorePlan| {
+        rt.block_on(async {
+            let db = TestDb::new().await;
+            let err = restore_to_postgres(plan, &PgRestoreOptions::new(db.url()))
+                .await
+                .unwrap_err();
+            pg_untouched(&db).await;
+            err
+        })
+    };
+    let sqlite_err = |plan: &ferry_archive::RestorePlan, tag: &str| {
+        let out = h.dir.path().join(format!("damaged-{tag}.db"));
+        let err = restore_to_sqlite(plan, &out).unwrap_err();
+        assert!(!out.exists(), "nothing at the output path");
+        err
+    };
+
+    // A segment whose bytes disagree with its manifest entry (CRC, size, last LSN).
+    let victim = plan.segments[1].1.clone();
+    let mut wrong = plan.clone();
+    wrong.segments[1].0.crc32c ^= 1;
+    for err in [pg_err(&wrong), sqlite_err(&wrong, "crc")] {
+        assert!(
+            matches!(err, ArchiveError::CorruptSegment { .. }),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&victim.display().to_string()), "{msg}");
+        assert!(msg.contains("the manifest says"), "{msg}");
+    }
+    let mut wrong = plan.clone();
+    wrong.segments[1].0.last_lsn = Lsn(wrong.segments[1].0.last_lsn.0 + 1);
+    let err = pg_err(&wrong);
+    assert!(err.to_string().contains("records"), "{err}");
+
+    // A corrupt base: PostgreSQL checks the CRC before loading anything, SQLite while copying.
+    let base_copy = h.dir.path().join("base-copy.db");
+    std::fs::copy(&plan.base_path, &base_copy).unwrap();
+    let mut bytes = std::fs::read(&plan.base_path).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x01;
+    std::fs::write(&plan.base_path, &bytes).unwrap();
+    for err in [pg_err(&plan), sqlite_err(&plan, "base")] {
+        assert!(matches!(err, ArchiveError::CorruptBase { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains(&plan.base_path.display().to_string()),
+            "{err}"
+        );
+    }
+    std::fs::copy(&base_copy, &plan.base_path).unwrap();
+
+    // A segment corrupted or removed after the plan was made.
+    let (entry, path) = plan.segments.last().cloned().unwrap();
+    let saved = std::fs::read(&path).unwrap();
+    let mut bytes = saved.clone();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    for err in [pg_err(&plan), sqlite_err(&plan, "seg")] {
+        assert!(err.is_corrupt(), "{err:?}");
+        assert!(err.to_string().contains(&entry.file), "{err}");
+    }
+    std::fs::remove_file(&path).unwrap();
+    for err in [pg_err(&plan), sqlite_err(&plan, "gone")] {
+        assert!(matches!(err, ArchiveError::MissingFile { .. }), "{err:?}");
+        assert!(err.to_string().contains(&entry.file), "{err}");
+    }
+    std::fs::write(&path, &saved).unwrap();
+
+    // A newer base whose file is gone: the plan says so and uses the one before.
+    h.step();
+    let newer = h.take_base();
+    h.step();
+    h.seal_and_archive();
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let newest = *h.points.keys().last().unwrap();
+    let newer_path = archive
+        .source_dir()
+        .join(ferry_archive::manifest::base_file_name(newer));
+    std::fs::remove_file(&newer_path).unwrap();
+    let plan = archive.plan(RestoreTarget::Lsn(newest)).unwrap();
+    assert!(plan.base.lsn < newer);
+    assert_eq!(plan.missing_bases, vec![newer_path.clone()]);
+    assert!(
+        archive
+            .problems()
+            .iter()
+            .any(|p| p.contains(&newer_path.display().to_string()) && p.contains("missing")),
+        "{:?}",
+        archive.problems()
+    );
+    restore_and_compare(&h, &archive, newest, "older-base");
+}

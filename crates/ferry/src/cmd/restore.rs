@@ -31,6 +31,13 @@ pub fn run(a: RestoreArgs) -> anyhow::Result<ExitCode> {
     let archive = Archive::open(&a.archive_dir, a.source_id.as_deref())?;
     let plan = archive.plan(target)?;
     let source = plan.source_id.clone();
+    for p in &plan.missing_bases {
+        eprintln!(
+            "warning: base {} is listed in the manifest but missing; restoring from the base at LSN {}",
+            p.display(),
+            plan.base.lsn
+        );
+    }
     if let Some(output) = &a.output {
         let s = restore_to_sqlite(&plan, output)?;
         println!(
