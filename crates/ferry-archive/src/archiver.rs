@@ -458,6 +458,11 @@ impl Archiver {
     }
 }
 
+/// µs since the Unix epoch of `t` (negative before it).
+pub fn micros_since_epoch(t: SystemTime) -> UnixMicros {
+    micros_of(t)
+}
+
 pub(crate) fn micros_of(t: SystemTime) -> UnixMicros {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
