@@ -268,6 +268,19 @@ impl Archive {
                 ));
                 return reach;
             }
+            // A new snapshot of the source (capture lost its state) is a break: replaying
+            // the log across it from an older base would mix two unrelated histories.
+            if let Some(&snap) = s.snapshots.iter().find(|&&l| l > reach.to) {
+                let before = Lsn(snap.0 - 1);
+                if before > reach.to {
+                    reach.to = before;
+                    reach.to_time = None;
+                }
+                reach.ends_because = Some(format!(
+                    "the source was snapshotted again at LSN {snap} (capture lost its state): points from there on are restorable only from a base taken after that snapshot"
+                ));
+                return reach;
+            }
             reach.to = s.last_lsn;
             reach.to_time = s.last_captured_at.or(reach.to_time);
         }

@@ -743,3 +743,77 @@ fn damaged_or_missing_files_are_named_before_either_restore_starts() {
     );
     restore_and_compare(&h, &archive, newest, "older-base");
 }
+
+#[test]
+fn a_new_snapshot_breaks_the_range_and_restores_refuse_to_cross_it() {
+    let mut h = Harness::new(29, |_| {});
+    h.run(steps(40), 20);
+    let first_base = h.bases[0];
+    let before_snapshot = h.log.durable_lsn();
+    // Capture loses its state (shadow gone): it snapshots the source again into the log.
+    let capture_dir = h.dir.path().join("capture");
+    let cap = ferry_sqlite::SqliteCapture::open(
+        &h.db,
+        &h.dir.path().join("capture-2"),
+        std::sync::Arc::new(ferry_sqlite::LogSink(h.log.clone())),
+        ferry_sqlite::CaptureOptions {
+            watch: false,
+            source_id: "app".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(std::mem::replace(&mut h.cap, cap));
+    std::fs::remove_dir_all(&capture_dir).unwrap();
+    let snapshot_end = h.capture_and_record();
+    assert!(
+        snapshot_end.0 > before_snapshot.0 + 1,
+        "a new snapshot was logged"
+    );
+    // The base forced right after it.
+    let second_base = h.take_base();
+    assert_eq!(second_base, snapshot_end);
+    for _ in 0..20 {
+        h.step();
+    }
+    h.seal_and_archive();
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let snap = Lsn(before_snapshot.0 + 1);
+    assert!(
+        archive
+            .manifest()
+            .segments
+            .iter()
+            .any(|s| s.snapshots.contains(&snap)),
+        "the manifest records the snapshot at LSN {snap}"
+    );
+    let ranges = archive.ranges();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0].from.lsn, first_base);
+    assert_eq!(
+        ranges[0].to.lsn, before_snapshot,
+        "the range stops before the snapshot"
+    );
+    assert!(
+        ranges[0]
+            .ends_because
+            .as_deref()
+            .is_some_and(|w| w.contains("snapshotted again")),
+        "{ranges:?}"
+    );
+    assert_eq!(ranges[1].from.lsn, second_base);
+    // Inside the snapshot: refused by the plan, before any restore starts.
+    for lsn in [snap, Lsn(second_base.0 - 1)] {
+        let err = archive.plan(RestoreTarget::Lsn(lsn)).unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_not_restorable(), "{msg}");
+        assert!(msg.contains("snapshotted again"), "{msg}");
+        assert!(msg.contains(&format!("LSN {second_base}")), "{msg}");
+        assert!(msg.contains(&format!("LSN {before_snapshot}")), "{msg}");
+    }
+    // Either side restores exactly.
+    restore_and_compare(&h, &archive, before_snapshot, "before-snapshot");
+    restore_and_compare(&h, &archive, second_base, "snapshot-base");
+    let last = *h.points.keys().last().unwrap();
+    restore_and_compare(&h, &archive, last, "after-snapshot");
+}
