@@ -174,7 +174,22 @@ fn every_recorded_point_restores_exactly_to_sqlite_and_postgres() {
         .enable_all()
         .build()
         .unwrap();
-    for lsn in [first_base, mid, end] {
+    // Many recorded points (the bases among them), each into its own database, compared with
+    // the log folded to that point (which the SQLite restores above equal row for row).
+    let mut pg_points: Vec<Lsn> = chosen
+        .iter()
+        .copied()
+        .step_by((chosen.len() / 10).max(1))
+        .collect();
+    pg_points.extend([first_base, mid, end]);
+    pg_points.sort();
+    pg_points.dedup();
+    assert!(
+        pg_points.len() >= 10,
+        "{} PostgreSQL points",
+        pg_points.len()
+    );
+    for lsn in pg_points {
         let plan = archive.plan(RestoreTarget::Lsn(lsn)).unwrap();
         let fold = h.fold_to(lsn);
         rt.block_on(async {
@@ -248,9 +263,29 @@ fn retention_keeps_what_kept_bases_need_and_refuses_older_points() {
     assert!(msg.contains("retention"), "{msg}");
     assert!(msg.contains(&format!("LSN {kept_from}")), "{msg}");
 
-    // A window that reaches back keeps more: nothing else is removed while it covers it.
+    // A new base makes the oldest kept one unneeded: exactly it goes, with the segments
+    // only it needed, and every point from the next base on still restores.
+    h.step();
+    let newest = h.take_base();
+    h.step();
+    h.seal_and_archive();
+    let next_kept = h.bases[h.bases.len() - 2];
     let again = h.archiver.apply_retention(SystemTime::now()).unwrap();
-    assert!(again.bases_removed.is_empty() && again.segments_removed == 0);
+    assert_eq!(again.bases_removed, vec![kept_from]);
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    assert_eq!(
+        archive
+            .manifest()
+            .bases
+            .iter()
+            .map(|b| b.lsn)
+            .collect::<Vec<_>>(),
+        vec![next_kept, newest]
+    );
+    assert!(archive.plan(RestoreTarget::Lsn(kept_from)).is_err());
+    let last = *h.points.keys().last().unwrap();
+    restore_and_compare(&h, &archive, next_kept, "kept-again");
+    restore_and_compare(&h, &archive, last, "kept-again");
 }
 
 #[test]
@@ -816,4 +851,114 @@ fn a_new_snapshot_breaks_the_range_and_restores_refuse_to_cross_it() {
     restore_and_compare(&h, &archive, second_base, "snapshot-base");
     let last = *h.points.keys().last().unwrap();
     restore_and_compare(&h, &archive, last, "after-snapshot");
+}
+
+#[test]
+fn age_retention_with_the_window_starting_between_two_bases() {
+    let mut h = Harness::new(31, |o| {
+        o.keep_bases = 1;
+        o.keep_for = Some(Duration::from_secs(3600));
+    });
+    for _ in 0..5 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+        h.take_base();
+        for _ in 0..12 {
+            h.step();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.seal_and_archive();
+    let m = Archive::open(&h.archive_dir, None)
+        .unwrap()
+        .manifest()
+        .clone();
+    assert_eq!(m.bases.len(), 5);
+    let time = |i: usize| {
+        m.bases[i]
+            .lsn_captured_at
+            .expect("the log held the base's record")
+    };
+    // The window starts between the third and the fourth base.
+    let start = (time(2) + time(3)) / 2;
+    assert!(time(2) < start && start < time(3));
+    let now = SystemTime::UNIX_EPOCH + Duration::from_micros((start + 3_600_000_000) as u64);
+    let step = h.archiver.apply_retention(now).unwrap();
+    // The third base is the newest at or before the window's start: it and the later ones stay.
+    assert_eq!(step.bases_removed, vec![h.bases[0], h.bases[1]]);
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let kept = h.bases[2];
+    // Every recorded point captured inside the window restores (a sample), and the base
+    // before it.
+    let inside: Vec<Lsn> = h
+        .points
+        .iter()
+        .filter(|(l, p)| **l >= kept && p.captured_at.is_some_and(|c| c >= start))
+        .map(|(l, _)| *l)
+        .collect();
+    assert!(inside.len() > 10);
+    for &lsn in inside.iter().step_by(inside.len() / 6) {
+        restore_and_compare(&h, &archive, lsn, "window");
+    }
+    restore_and_compare(&h, &archive, kept, "window-base");
+    // Points before the kept base are refused, naming retention and the kept base.
+    for (&lsn, _) in h.points.iter().filter(|(l, _)| **l < kept).step_by(7) {
+        let err = archive.plan(RestoreTarget::Lsn(lsn)).unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_not_restorable(), "{msg}");
+        assert!(msg.contains("retention"), "{msg}");
+        assert!(msg.contains(&format!("LSN {kept}")), "{msg}");
+    }
+    // So is a time before the window.
+    let err = archive
+        .plan(RestoreTarget::Time(time(1)))
+        .map(|p| p.target)
+        .unwrap_err();
+    assert!(err.is_not_restorable(), "{err}");
+}
+
+#[test]
+fn foreign_key_actions_do_not_fire_again_when_restoring() {
+    let mut h = Harness::new(33, |_| {});
+    h.app
+        .execute_batch(
+            "PRAGMA foreign_keys=ON;
+             CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT);
+             CREATE TABLE child(id INTEGER PRIMARY KEY,
+                                parent_id INT REFERENCES parent(id) ON DELETE CASCADE ON UPDATE CASCADE,
+                                v TEXT);
+             INSERT INTO parent VALUES (1, 'a'), (2, 'b'), (3, 'c');
+             INSERT INTO child VALUES (10, 1, 'x'), (11, 1, 'y'), (20, 2, 'z'), (30, 3, 'w');",
+        )
+        .unwrap();
+    h.capture_and_record();
+    let base = h.take_base();
+    let fk_on: i64 = h
+        .app
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(fk_on, 1);
+    // An update of a parent's other column (replayed as delete + write by key: a cascade
+    // firing then would delete its children), a cascading delete, a cascading key update.
+    for sql in [
+        "UPDATE parent SET name = 'a2' WHERE id = 1",
+        "DELETE FROM parent WHERE id = 2",
+        "UPDATE parent SET id = 4 WHERE id = 3",
+        "BEGIN; UPDATE parent SET name = 'a3' WHERE id = 1; INSERT INTO child VALUES (12, 1, 'n'); COMMIT;",
+    ] {
+        h.app.execute_batch(sql).unwrap();
+        h.capture_and_record();
+    }
+    let children: i64 = h
+        .app
+        .query_row("SELECT count(*) FROM child", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(children, 4, "the source's own cascades ran");
+    h.seal_and_archive();
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let points: Vec<Lsn> = h.points.keys().copied().filter(|l| *l >= base).collect();
+    assert_eq!(points.len(), 5);
+    for lsn in points {
+        restore_and_compare(&h, &archive, lsn, "fk");
+    }
 }
