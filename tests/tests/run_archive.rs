@@ -74,6 +74,43 @@ fn run_archives_and_restore_rebuilds_the_latest_state() {
         sqlite_tables(&db),
         "the restored database equals the application's"
     );
+
+    // Archiving turned off: the log's `archive` consumer no longer holds its segments.
+    let consumer = find_file(&state, "consumers", "archive").expect("the archive consumer");
+    let run = FerryRun::start(
+        &state,
+        [
+            OsStr::new("--source"),
+            db.as_os_str(),
+            OsStr::new("--target"),
+            OsStr::new(pg.url()),
+        ],
+    );
+    ferry_e2e::wait_until(
+        "the archive consumer to go",
+        Duration::from_secs(60),
+        || !consumer.exists(),
+    );
+    assert!(run.stop().success());
+}
+
+/// `<dir>/…/<parent>/<name>`, searched recursively.
+fn find_file(dir: &std::path::Path, parent: &str, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            if let Some(f) = find_file(&p, parent, name) {
+                return Some(f);
+            }
+        } else if p.file_name().is_some_and(|n| n == name)
+            && p.parent()
+                .and_then(|d| d.file_name())
+                .is_some_and(|d| d == parent)
+        {
+            return Some(p);
+        }
+    }
+    None
 }
 
 fn manifest(archive: &std::path::Path) -> Option<serde_json::Value> {

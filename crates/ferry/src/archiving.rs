@@ -460,3 +460,23 @@ impl Worker {
         m.archive_lag_segments.get_or_create(&l).set(behind as i64);
     }
 }
+
+/// Archiving is off for this source: a consumer cursor `archive` left by an earlier run
+/// with an archive would keep the log from ever deleting a segment. It is removed, loudly:
+/// turning archiving on again later leaves a gap in the archive, which restores cannot cross
+/// until a base is taken after it (on the schedule, or with `ferry backup now`).
+pub fn release_archive_consumer(log: &ferry_log::Log, source_id: &str) {
+    let Ok(consumers) = log.consumers() else {
+        return;
+    };
+    let Some((_, at)) = consumers
+        .iter()
+        .find(|(name, _)| name == ferry_archive::ARCHIVE_CONSUMER)
+    else {
+        return;
+    };
+    tracing::warn!(source = %source_id, archived_through = %at, "archiving is off for this source: removing the log's `archive` consumer so the log can delete what it no longer needs (if the archive is turned on again, it has a gap from here until its next base: take one with `ferry backup now`)");
+    if let Err(e) = log.remove_consumer(ferry_archive::ARCHIVE_CONSUMER) {
+        tracing::error!(source = %source_id, error = %e, "could not remove the log's `archive` consumer: the log keeps every segment until it is removed");
+    }
+}

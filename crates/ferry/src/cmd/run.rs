@@ -343,6 +343,9 @@ fn spawn_capture(
     std::thread::Builder::new()
         .name(format!("capture-{}", src.id))
         .spawn(move || {
+            if archive.is_none() {
+                crate::archiving::release_archive_consumer(&src.log, &src.id);
+            }
             // The archiver thread outlives capture's restarts (and its failures stop neither).
             let worker = archive.and_then(|a| {
                 let reporting = crate::archiving::Reporting {
