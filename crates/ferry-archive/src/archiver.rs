@@ -1,4 +1,6 @@
-//! The writing side of the archive, driven from the thread that captures the source.
+//! The writing side of the archive, driven by a thread beside capture (never by the capture
+//! thread itself, which holds a reader on the application's database: see `ferry`'s
+//! `archiving` module).
 //!
 //! Order of operations for a sealed segment (why: a crash at any point leaves the manifest
 //! naming only complete, checked files, and the log still holding whatever the archive has
