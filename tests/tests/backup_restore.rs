@@ -183,6 +183,50 @@ fn restore_to_files_and_refusals_through_the_binary() {
     expect_exit(&o, 0, "restore --latest");
     assert_eq!(sqlite_tables(&out), a.points[&last].1);
 
+    // --json and --metrics-file: what the restore did, as a one-shot command reports it.
+    let out = out_dir.join("latest-json.db");
+    let prom = out_dir.join("restore.prom");
+    let o = run_ferry(&[
+        "restore",
+        "--archive-dir",
+        dir,
+        "--latest",
+        "--output",
+        s(&out),
+        "--json",
+        "--metrics-file",
+        s(&prom),
+    ]);
+    let stdout = expect_exit(&o, 0, "restore --latest --json");
+    let j: serde_json::Value = serde_json::from_str(stdout.trim())
+        .unwrap_or_else(|e| panic!("--json printed {stdout:?}: {e}"));
+    assert_eq!(j["target_lsn"].as_u64(), Some(last.0), "{j}");
+    assert_eq!(j["kind"], "sqlite");
+    let base_lsn = j["base_lsn"].as_u64().unwrap();
+    assert_eq!(j["log_records"].as_u64(), Some(last.0 - base_lsn), "{j}");
+    assert!(j["base_bytes"].as_u64().is_some_and(|b| b >= 4096), "{j}");
+    assert!(
+        j["duration_seconds"].as_f64().is_some_and(|d| d > 0.0),
+        "{j}"
+    );
+    let text = std::fs::read_to_string(&prom).unwrap();
+    let records = format!(
+        "ferry_restore_log_records{{source=\"app\",kind=\"sqlite\"}} {}",
+        last.0 - base_lsn
+    );
+    assert!(text.contains(&records), "{text}");
+    assert!(
+        text.contains("# TYPE ferry_restore_duration_seconds gauge"),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "ferry_restore_base_bytes{{source=\"app\",kind=\"sqlite\"}} {}",
+            j["base_bytes"]
+        )),
+        "{text}"
+    );
+
     // Refusals: exit 2 with what and the nearest points.
     let early = *a.points.keys().next().unwrap();
     let o = run_ferry(&[

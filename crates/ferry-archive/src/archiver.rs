@@ -1,4 +1,6 @@
-//! The writing side of the archive, driven from the thread that captures the source.
+//! The writing side of the archive, driven by a thread beside capture (never by the capture
+//! thread itself, which holds a reader on the application's database: see `ferry`'s
+//! `archiving` module).
 //!
 //! Order of operations for a sealed segment (why: a crash at any point leaves the manifest
 //! naming only complete, checked files, and the log still holding whatever the archive has
@@ -18,8 +20,7 @@
 use crate::ArchiveError;
 use crate::fsio;
 use crate::manifest::{
-    BASES_DIR, BaseEntry, MANIFEST_FILE, Manifest, SEGMENTS_DIR, SegmentEntry, base_file_name,
-    segment_file_name,
+    BASES_DIR, BaseEntry, Manifest, SEGMENTS_DIR, SegmentEntry, base_file_name, segment_file_name,
 };
 use crate::segment_file::check_segment;
 use ferry_core::{Lsn, Record, UnixMicros};
@@ -157,7 +158,9 @@ impl Archiver {
             fsio::remove_temporaries(&d)?;
         }
         let log_id = log.log_id().to_string();
-        let mut manifest = match Manifest::load(&source_dir)? {
+        let loaded = Manifest::load(&source_dir)?;
+        let rebuilding = loaded.is_none();
+        let mut manifest = match loaded {
             Some(m) => {
                 if m.log_id != log_id {
                     return Err(ArchiveError::WrongLog {
@@ -168,13 +171,34 @@ impl Archiver {
                 }
                 m
             }
-            None => {
-                let mut m = Manifest::new(source_id, &log_id, log.source_identity());
-                m.store(&source_dir)?;
-                m
-            }
+            None => Manifest::new(source_id, &log_id, log.source_identity()),
         };
-        remove_orphans(&source_dir, &manifest)?;
+        let found = reconcile_files(&source_dir, &mut manifest, &log_id, rebuilding)?;
+        if rebuilding && found.segments == 0 && found.bases > 0 {
+            // Nothing proves which log the bases' LSNs belong to: refuse rather than guess.
+            return Err(ArchiveError::ManifestMissing {
+                dir: source_dir,
+                bases: found.bases,
+            });
+        }
+        for b in manifest
+            .bases
+            .iter_mut()
+            .filter(|b| b.lsn_captured_at.is_none())
+        {
+            b.lsn_captured_at = captured_at_in(&log, b.lsn);
+        }
+        if rebuilding || found.bases + found.segments > 0 {
+            if rebuilding && found.bases + found.segments > 0 {
+                tracing::warn!(
+                    dir = %source_dir.display(),
+                    bases = found.bases,
+                    segments = found.segments,
+                    "the archive had no manifest.json: rebuilt it from the checked files it holds"
+                );
+            }
+            manifest.store(&source_dir)?;
+        }
         // Until a segment is archived, hold the log at what it has now.
         let cursor = if manifest.segments.is_empty() {
             Lsn(log.first_lsn()?.0.saturating_sub(1))
@@ -291,6 +315,7 @@ impl Archiver {
             crc32c: crc,
             first_captured_at: summary.first_captured_at,
             last_captured_at: summary.last_captured_at,
+            snapshots: summary.snapshots,
             sealed_at: summary.sealed_at,
             archived_at: ferry_core::now_micros(),
         })
@@ -359,14 +384,7 @@ impl Archiver {
 
     /// The capture time of the record at `lsn`, if the log still holds it.
     fn captured_at_of(&self, lsn: Lsn) -> Option<UnixMicros> {
-        if lsn == Lsn::ZERO {
-            return None;
-        }
-        let mut reader = self.log.reader(lsn).ok()?;
-        match reader.next() {
-            Some(Ok((l, payload))) if l == lsn => Record::decode(&payload).ok()?.captured_at(),
-            _ => None,
-        }
+        captured_at_in(&self.log, lsn)
     }
 
     /// Deletes the bases and segments no kept point needs (see [`ArchiveOptions`]): the
@@ -442,6 +460,11 @@ impl Archiver {
     }
 }
 
+/// µs since the Unix epoch of `t` (negative before it).
+pub fn micros_since_epoch(t: SystemTime) -> UnixMicros {
+    micros_of(t)
+}
+
 pub(crate) fn micros_of(t: SystemTime) -> UnixMicros {
     match t.duration_since(SystemTime::UNIX_EPOCH) {
         Ok(d) => i64::try_from(d.as_micros()).unwrap_or(i64::MAX),
@@ -469,27 +492,164 @@ fn sqlite_page_size(path: &Path) -> Result<u32, ArchiveError> {
     Ok(if raw == 1 { 65536 } else { raw })
 }
 
-/// Removes files in `bases/` and `segments/` that the manifest does not name: a base or
-/// segment renamed into place just before a crash, or one retention dropped from the manifest
-/// but had not yet deleted.
-fn remove_orphans(source_dir: &Path, manifest: &Manifest) -> Result<(), ArchiveError> {
-    let named: BTreeSet<&str> = manifest
+/// The capture time of the record at `lsn`, if `log` still holds it.
+fn captured_at_in(log: &ReadOnlyLog, lsn: Lsn) -> Option<UnixMicros> {
+    if lsn == Lsn::ZERO {
+        return None;
+    }
+    let mut reader = log.reader(lsn).ok()?;
+    match reader.next() {
+        Some(Ok((l, payload))) if l == lsn => Record::decode(&payload).ok()?.captured_at(),
+        _ => None,
+    }
+}
+
+/// Files [`reconcile_files`] added to the manifest.
+#[derive(Debug, Default)]
+struct Adopted {
+    bases: usize,
+    segments: usize,
+}
+
+/// `<20 digits><ext>` -> the number.
+fn lsn_of_name(name: &str, ext: &str) -> Option<Lsn> {
+    let digits = name.strip_suffix(ext)?;
+    (digits.len() == 20 && digits.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| digits.parse().ok().map(Lsn))
+        .flatten()
+}
+
+fn mtime_micros(path: &Path) -> UnixMicros {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .map_or_else(|_| ferry_core::now_micros(), micros_of)
+}
+
+/// Brings the manifest and the files in `bases/` and `segments/` into agreement, deleting only
+/// what is provably garbage:
+/// - a file older than everything the manifest names (a base below its oldest base, a segment
+///   below its first segment) is what retention dropped from the manifest and had not deleted
+///   yet: removed;
+/// - any other file the manifest does not name is **adopted** once it passes the same checks
+///   the archiver made before renaming it into place (a crash between the rename and the
+///   manifest's replacement, or a manifest restored from an older copy, leaves such files):
+///   a base must be a SQLite file, a segment must check whole and belong to `log_id`. A file
+///   that fails is kept and reported, never deleted: it may be the only copy of something.
+///
+/// With `rebuilding` (there was no manifest) nothing is older than the manifest, so every
+/// file is a candidate for adoption and nothing is deleted.
+fn reconcile_files(
+    source_dir: &Path,
+    manifest: &mut Manifest,
+    log_id: &str,
+    rebuilding: bool,
+) -> Result<Adopted, ArchiveError> {
+    let mut adopted = Adopted::default();
+    let named: BTreeSet<String> = manifest
         .bases
         .iter()
-        .map(|b| b.file.as_str())
-        .chain(manifest.segments.iter().map(|s| s.file.as_str()))
+        .map(|b| b.file.clone())
+        .chain(manifest.segments.iter().map(|s| s.file.clone()))
         .collect();
+    let oldest_base = manifest.bases.first().map(|b| b.lsn);
+    let first_segment = manifest.segments.first().map(|s| s.first_lsn);
     for sub in [BASES_DIR, SEGMENTS_DIR] {
         let dir = source_dir.join(sub);
         let entries = std::fs::read_dir(&dir).map_err(|e| ArchiveError::io("listing", &dir, e))?;
+        let mut names: Vec<String> = Vec::new();
         for entry in entries {
             let entry = entry.map_err(|e| ArchiveError::io("listing", &dir, e))?;
-            let rel = format!("{sub}/{}", entry.file_name().to_string_lossy());
-            if !named.contains(rel.as_str()) && rel != MANIFEST_FILE {
-                tracing::info!(file = %rel, "removing an archive file the manifest does not name");
-                fsio::remove_if_present(&entry.path())?;
+            names.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        names.sort();
+        for name in names {
+            let rel = format!("{sub}/{name}");
+            if named.contains(&rel) {
+                continue;
+            }
+            let path = dir.join(&name);
+            if sub == BASES_DIR {
+                let Some(lsn) = lsn_of_name(&name, ".db") else {
+                    tracing::warn!(file = %path.display(), "a file in the archive that is not an archive file name: left alone");
+                    continue;
+                };
+                if !rebuilding && oldest_base.is_some_and(|o| lsn < o) {
+                    tracing::info!(file = %rel, "removing a base retention dropped from the manifest");
+                    fsio::remove_if_present(&path)?;
+                    continue;
+                }
+                let checked = sqlite_page_size(&path)
+                    .and_then(|ps| fsio::file_crc(&path).map(|(crc, bytes)| (ps, crc, bytes)));
+                match checked {
+                    Ok((page_size, crc32c, bytes)) => {
+                        tracing::warn!(file = %rel, "adopting a base the manifest did not name (written just before a crash, or the manifest is an older copy)");
+                        manifest.bases.push(BaseEntry {
+                            file: rel,
+                            lsn,
+                            taken_at: mtime_micros(&path),
+                            lsn_captured_at: None,
+                            bytes,
+                            crc32c,
+                            page_size: Some(page_size),
+                        });
+                        adopted.bases += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "a base the manifest does not name fails its checks: kept, not used");
+                    }
+                }
+            } else {
+                let Some(first) = lsn_of_name(&name, ".seg") else {
+                    tracing::warn!(file = %path.display(), "a file in the archive that is not an archive file name: left alone");
+                    continue;
+                };
+                if !rebuilding && first_segment.is_some_and(|f| first < f) {
+                    tracing::info!(file = %rel, "removing a segment retention dropped from the manifest");
+                    fsio::remove_if_present(&path)?;
+                    continue;
+                }
+                let checked = check_segment(&path, first)
+                    .and_then(|summary| fsio::file_crc(&path).map(|c| (summary, c)));
+                match checked {
+                    Ok((summary, (crc32c, bytes))) => {
+                        if summary.log_id.to_string() != log_id {
+                            return Err(ArchiveError::WrongLog {
+                                dir: source_dir.to_path_buf(),
+                                archived: summary.log_id.to_string(),
+                                log: log_id.to_string(),
+                            });
+                        }
+                        let overlaps = manifest.segments.iter().any(|s| {
+                            s.first_lsn <= summary.last_lsn && summary.first_lsn <= s.last_lsn
+                        });
+                        if overlaps {
+                            tracing::error!(file = %path.display(), "a segment the manifest does not name overlaps one it names: kept, not used");
+                            continue;
+                        }
+                        tracing::warn!(file = %rel, "adopting a segment the manifest did not name (written just before a crash, or the manifest is an older copy)");
+                        manifest.segments.push(SegmentEntry {
+                            file: rel,
+                            first_lsn: summary.first_lsn,
+                            last_lsn: summary.last_lsn,
+                            records: summary.records,
+                            bytes,
+                            crc32c,
+                            first_captured_at: summary.first_captured_at,
+                            last_captured_at: summary.last_captured_at,
+                            snapshots: summary.snapshots,
+                            sealed_at: summary.sealed_at,
+                            archived_at: ferry_core::now_micros(),
+                        });
+                        manifest.segments.sort_by_key(|s| s.first_lsn);
+                        adopted.segments += 1;
+                    }
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "a segment the manifest does not name fails its checks: kept, not used");
+                    }
+                }
             }
         }
     }
-    Ok(())
+    manifest.bases.sort_by_key(|b| b.lsn);
+    Ok(adopted)
 }

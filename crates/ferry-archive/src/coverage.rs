@@ -81,6 +81,85 @@ pub struct RestorePlan {
     /// The segments holding `base.lsn + 1 ..= target`, in order (empty when target = base).
     pub segments: Vec<(SegmentEntry, PathBuf)>,
     pub target: Lsn,
+    /// Newer bases at or before the target that the manifest lists but whose file is missing
+    /// (the plan uses an older one; restores say so).
+    pub missing_bases: Vec<PathBuf>,
+}
+
+impl RestorePlan {
+    /// Checks every file the plan reads against its manifest entry before anything is
+    /// written: the base is present with the recorded size (and, with `base_crc`, the
+    /// recorded CRC-32C of the whole file: a restore that copies the base checks the CRC
+    /// while copying instead of reading it twice); every segment is present and has the
+    /// recorded size, whole-file CRC-32C, log id, first and last LSN and record count, and
+    /// reads whole through its frame checks. The first problem stops the restore, naming the
+    /// file and what is wrong.
+    pub fn verify(&self, base_crc: bool) -> Result<(), ArchiveError> {
+        let meta = std::fs::metadata(&self.base_path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => ArchiveError::MissingFile {
+                what: "archived base",
+                path: self.base_path.clone(),
+            },
+            _ => ArchiveError::io("reading the size of", &self.base_path, e),
+        })?;
+        if meta.len() != self.base.bytes {
+            return Err(ArchiveError::CorruptBase {
+                path: self.base_path.clone(),
+                reason: format!(
+                    "{} bytes, the manifest says {}",
+                    meta.len(),
+                    self.base.bytes
+                ),
+            });
+        }
+        for (entry, path) in &self.segments {
+            verify_segment(entry, path, &self.log_id)?;
+        }
+        if base_crc {
+            let (crc, bytes) = crate::fsio::file_crc(&self.base_path)?;
+            if crc != self.base.crc32c || bytes != self.base.bytes {
+                return Err(ArchiveError::CorruptBase {
+                    path: self.base_path.clone(),
+                    reason: format!(
+                        "CRC-32C {crc:08x} over {bytes} bytes, the manifest says {:08x} over {} bytes",
+                        self.base.crc32c, self.base.bytes
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One archived segment against its manifest entry (see [`RestorePlan::verify`]).
+pub fn verify_segment(entry: &SegmentEntry, path: &Path, log_id: &str) -> Result<(), ArchiveError> {
+    let seg = SegmentRecords::open(path, entry.first_lsn)?;
+    let wrong = |reason: String| ArchiveError::CorruptSegment {
+        path: path.to_path_buf(),
+        offset: 0,
+        reason,
+    };
+    let (crc, bytes) = seg.crc_and_len();
+    if bytes != entry.bytes || crc != entry.crc32c {
+        return Err(wrong(format!(
+            "CRC-32C {crc:08x} over {bytes} bytes, the manifest says {:08x} over {} bytes",
+            entry.crc32c, entry.bytes
+        )));
+    }
+    let s = &seg.summary;
+    if s.log_id.to_string() != log_id {
+        return Err(wrong(format!(
+            "it belongs to log {}, the archive to log {log_id}",
+            s.log_id
+        )));
+    }
+    if s.last_lsn != entry.last_lsn || s.records != entry.records {
+        return Err(wrong(format!(
+            "it holds LSNs {}..={} ({} records), the manifest says {}..={} ({} records)",
+            s.first_lsn, s.last_lsn, s.records, entry.first_lsn, entry.last_lsn, entry.records
+        )));
+    }
+    Ok(())
 }
 
 /// One source's archive, opened for reading.
@@ -189,10 +268,57 @@ impl Archive {
                 ));
                 return reach;
             }
+            // A new snapshot of the source (capture lost its state) is a break: replaying
+            // the log across it from an older base would mix two unrelated histories.
+            if let Some(&snap) = s.snapshots.iter().find(|&&l| l > reach.to) {
+                let before = Lsn(snap.0 - 1);
+                if before > reach.to {
+                    reach.to = before;
+                    reach.to_time = None;
+                }
+                reach.ends_because = Some(format!(
+                    "the source was snapshotted again at LSN {snap} (capture lost its state): points from there on are restorable only from a base taken after that snapshot"
+                ));
+                return reach;
+            }
             reach.to = s.last_lsn;
             reach.to_time = s.last_captured_at.or(reach.to_time);
         }
         reach
+    }
+
+    /// Files the manifest lists that are missing or have another size than recorded (a stat
+    /// each, no reading): `backup list` shows them, so a damaged archive never just looks
+    /// smaller.
+    pub fn problems(&self) -> Vec<String> {
+        let bases = self
+            .manifest
+            .bases
+            .iter()
+            .map(|b| ("base", &b.file, b.bytes));
+        let segs = self
+            .manifest
+            .segments
+            .iter()
+            .map(|s| ("segment", &s.file, s.bytes));
+        bases
+            .chain(segs)
+            .filter_map(|(what, file, bytes)| {
+                let path = self.source_dir.join(file);
+                match std::fs::metadata(&path) {
+                    Ok(m) if m.len() == bytes => None,
+                    Ok(m) => Some(format!(
+                        "{what} {} has {} bytes, the manifest says {bytes}",
+                        path.display(),
+                        m.len()
+                    )),
+                    Err(_) => Some(format!(
+                        "{what} {} is listed in the manifest but missing",
+                        path.display()
+                    )),
+                }
+            })
+            .collect()
     }
 
     /// Every restorable range, oldest first.
@@ -290,7 +416,16 @@ impl Archive {
                 nearest: self.nearest(&ranges, lsn),
             });
         };
-        // The newest base at or below the point whose segments reach it.
+        // The newest base at or below the point whose segments reach it (a newer one whose
+        // file is missing is named in the plan, not silently passed over).
+        let missing_bases: Vec<PathBuf> = self
+            .manifest
+            .bases
+            .iter()
+            .filter(|b| b.lsn <= lsn && b.lsn >= range.from.lsn)
+            .map(|b| self.source_dir.join(&b.file))
+            .filter(|p| !p.is_file())
+            .collect();
         let base = self
             .manifest
             .bases
@@ -309,7 +444,15 @@ impl Archive {
             .filter(|s| s.last_lsn > base.lsn && s.first_lsn <= lsn)
             .map(|s| (s.clone(), self.source_dir.join(&s.file)))
             .collect();
+        let missing_bases = missing_bases
+            .into_iter()
+            .filter(|p| *p > self.source_dir.join(&base.file))
+            .collect::<Vec<_>>();
+        for p in &missing_bases {
+            tracing::warn!(file = %p.display(), base = %base.lsn, "a newer base the manifest lists is missing; restoring from an older one");
+        }
         Ok(RestorePlan {
+            missing_bases,
             source_id: self.manifest.source_id.clone(),
             log_id: self.manifest.log_id.clone(),
             base_path: self.source_dir.join(&base.file),

@@ -29,6 +29,12 @@ pub enum ArchiveError {
     },
 
     #[error(
+        "the archive directory {dir} holds {bases} base file(s) but no manifest.json, and no archived segment that proves which log their LSNs belong to: put back manifest.json from a copy, or move bases/ aside (ferry never deletes archive files it cannot account for)",
+        dir = dir.display()
+    )]
+    ManifestMissing { dir: PathBuf, bases: usize },
+
+    #[error(
         "archived segment {path} is corrupt at byte offset {offset}: {reason}; it is never skipped: restore an earlier point, or copy the segment again from the source's log if it still holds it",
         path = path.display()
     )]

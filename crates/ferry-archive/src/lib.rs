@@ -28,7 +28,7 @@
 //!   restorable points.
 //!
 //! Layers: [`manifest`] (the JSON file), [`segment_file`] (checking and reading archived
-//! segment bytes), [`Archiver`] (the writing side, driven from the capture thread),
+//! segment bytes), [`Archiver`] (the writing side, driven by an archiver thread beside capture),
 //! [`Archive`] (the reading side: coverage, restore plans), [`restore_sqlite`] and
 //! [`restore_pg`] (the two ways out), [`base_snapshot`] (a base file as snapshot records).
 

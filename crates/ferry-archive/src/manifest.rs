@@ -66,6 +66,11 @@ pub struct SegmentEntry {
     /// Smallest and largest capture time of the records that carry one.
     pub first_captured_at: Option<UnixMicros>,
     pub last_captured_at: Option<UnixMicros>,
+    /// LSNs of the `SnapshotBegin` records in the segment: the source was snapshotted again
+    /// there (capture lost its state), so no restore replays across one (see
+    /// `proto/archive.md`, "Range breaks"). Absent when empty.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<Lsn>,
     pub sealed_at: UnixMicros,
     pub archived_at: UnixMicros,
 }

@@ -77,6 +77,8 @@ pub async fn restore_to_postgres(
     opts: &PgRestoreOptions,
 ) -> Result<PgRestoreSummary, ArchiveError> {
     let started = Instant::now();
+    // Every file, the base's CRC included, is checked before PostgreSQL is touched.
+    plan.verify(true)?;
     let progress_id = opts
         .progress_source_id
         .clone()

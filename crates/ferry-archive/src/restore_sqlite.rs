@@ -67,6 +67,9 @@ pub fn restore_to_sqlite(
             output.display()
         )));
     }
+    // Every file is checked before the (possibly large) base is copied; the base's CRC is
+    // checked while copying it.
+    plan.verify(false)?;
     let (tmp, crc, bytes) = fsio::copy_to_temp(&plan.base_path, output).map_err(|e| match e {
         ArchiveError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
             ArchiveError::MissingFile {

@@ -25,6 +25,8 @@ pub struct SegmentSummary {
     pub sealed_at: UnixMicros,
     pub first_captured_at: Option<UnixMicros>,
     pub last_captured_at: Option<UnixMicros>,
+    /// LSNs of the `SnapshotBegin` records (where the source was snapshotted again).
+    pub snapshots: Vec<Lsn>,
 }
 
 /// A checked segment's records, in memory.
@@ -70,6 +72,7 @@ impl SegmentRecords {
         let mut expected = header.first_lsn.0;
         let mut first_captured_at: Option<UnixMicros> = None;
         let mut last_captured_at: Option<UnixMicros> = None;
+        let mut snapshots = Vec::new();
         let sealed_at = loop {
             match parse_frame(&bytes[offset..]) {
                 Frame::Record {
@@ -91,6 +94,9 @@ impl SegmentRecords {
                             path: path.to_path_buf(),
                             source,
                         })?;
+                    if matches!(record, Record::SnapshotBegin(_)) {
+                        snapshots.push(lsn);
+                    }
                     if let Some(at) = record.captured_at() {
                         first_captured_at = Some(first_captured_at.map_or(at, |f| f.min(at)));
                         last_captured_at = Some(last_captured_at.map_or(at, |l| l.max(at)));
@@ -146,6 +152,7 @@ impl SegmentRecords {
             sealed_at,
             first_captured_at,
             last_captured_at,
+            snapshots,
         };
         Ok(SegmentRecords {
             path: path.to_path_buf(),
@@ -153,6 +160,11 @@ impl SegmentRecords {
             bytes,
             frames,
         })
+    }
+
+    /// CRC-32C and length of the whole file as read.
+    pub fn crc_and_len(&self) -> (u32, u64) {
+        (crc32c::crc32c(&self.bytes), self.bytes.len() as u64)
     }
 
     /// The records with `lsn` in `from..=to`, decoded, in order.

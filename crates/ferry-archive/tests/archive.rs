@@ -174,7 +174,22 @@ fn every_recorded_point_restores_exactly_to_sqlite_and_postgres() {
         .enable_all()
         .build()
         .unwrap();
-    for lsn in [first_base, mid, end] {
+    // Many recorded points (the bases among them), each into its own database, compared with
+    // the log folded to that point (which the SQLite restores above equal row for row).
+    let mut pg_points: Vec<Lsn> = chosen
+        .iter()
+        .copied()
+        .step_by((chosen.len() / 10).max(1))
+        .collect();
+    pg_points.extend([first_base, mid, end]);
+    pg_points.sort();
+    pg_points.dedup();
+    assert!(
+        pg_points.len() >= 10,
+        "{} PostgreSQL points",
+        pg_points.len()
+    );
+    for lsn in pg_points {
         let plan = archive.plan(RestoreTarget::Lsn(lsn)).unwrap();
         let fold = h.fold_to(lsn);
         rt.block_on(async {
@@ -248,9 +263,29 @@ fn retention_keeps_what_kept_bases_need_and_refuses_older_points() {
     assert!(msg.contains("retention"), "{msg}");
     assert!(msg.contains(&format!("LSN {kept_from}")), "{msg}");
 
-    // A window that reaches back keeps more: nothing else is removed while it covers it.
+    // A new base makes the oldest kept one unneeded: exactly it goes, with the segments
+    // only it needed, and every point from the next base on still restores.
+    h.step();
+    let newest = h.take_base();
+    h.step();
+    h.seal_and_archive();
+    let next_kept = h.bases[h.bases.len() - 2];
     let again = h.archiver.apply_retention(SystemTime::now()).unwrap();
-    assert!(again.bases_removed.is_empty() && again.segments_removed == 0);
+    assert_eq!(again.bases_removed, vec![kept_from]);
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    assert_eq!(
+        archive
+            .manifest()
+            .bases
+            .iter()
+            .map(|b| b.lsn)
+            .collect::<Vec<_>>(),
+        vec![next_kept, newest]
+    );
+    assert!(archive.plan(RestoreTarget::Lsn(kept_from)).is_err());
+    let last = *h.points.keys().last().unwrap();
+    restore_and_compare(&h, &archive, next_kept, "kept-again");
+    restore_and_compare(&h, &archive, last, "kept-again");
 }
 
 #[test]
@@ -471,4 +506,459 @@ fn bases_taken_while_the_application_writes_continuously_are_consistent() {
         );
     }
     restore_and_compare(&h, &archive, last, "live-last");
+}
+
+fn reopen(h: &mut Harness) -> Result<(), ArchiveError> {
+    let opts = h.archiver.options().clone();
+    h.archiver = ferry_archive::Archiver::open(opts, "app", &h.log_dir)?;
+    Ok(())
+}
+
+fn archive_files(h: &Harness) -> Vec<String> {
+    let mut out = Vec::new();
+    for sub in ["bases", "segments"] {
+        for e in std::fs::read_dir(h.archive_dir.join("app").join(sub)).unwrap() {
+            out.push(format!(
+                "{sub}/{}",
+                e.unwrap().file_name().to_string_lossy()
+            ));
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn a_lost_manifest_is_rebuilt_from_the_files_and_nothing_is_deleted() {
+    let mut h = Harness::new(21, |_| {});
+    h.run(steps(90), 30);
+    let before = Archive::open(&h.archive_dir, None)
+        .unwrap()
+        .manifest()
+        .clone();
+    let files = archive_files(&h);
+    assert_eq!(files.len(), before.bases.len() + before.segments.len());
+    std::fs::remove_file(h.archive_dir.join("app/manifest.json")).unwrap();
+    reopen(&mut h).unwrap();
+    assert_eq!(archive_files(&h), files, "every file is still there");
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let m = archive.manifest();
+    assert_eq!(
+        m.bases
+            .iter()
+            .map(|b| (b.lsn, b.crc32c, b.bytes))
+            .collect::<Vec<_>>(),
+        before
+            .bases
+            .iter()
+            .map(|b| (b.lsn, b.crc32c, b.bytes))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        m.segments
+            .iter()
+            .map(|s| (s.first_lsn, s.last_lsn, s.crc32c, s.records))
+            .collect::<Vec<_>>(),
+        before
+            .segments
+            .iter()
+            .map(|s| (s.first_lsn, s.last_lsn, s.crc32c, s.records))
+            .collect::<Vec<_>>()
+    );
+    let last = *h.points.keys().last().unwrap();
+    restore_and_compare(&h, &archive, last, "rebuilt");
+    restore_and_compare(&h, &archive, h.bases[0], "rebuilt");
+}
+
+#[test]
+fn an_older_manifest_copy_never_deletes_newer_files() {
+    let mut h = Harness::new(23, |_| {});
+    h.run(steps(60), 30);
+    let old_manifest = std::fs::read(h.archive_dir.join("app/manifest.json")).unwrap();
+    let old = Archive::open(&h.archive_dir, None)
+        .unwrap()
+        .manifest()
+        .clone();
+    h.run(steps(60), 20);
+    let files = archive_files(&h);
+    let newer = Archive::open(&h.archive_dir, None)
+        .unwrap()
+        .manifest()
+        .clone();
+    assert!(newer.segments.len() > old.segments.len());
+    assert!(newer.bases.len() > old.bases.len());
+    // The operator puts back a copy of the manifest from before the second half of the run.
+    std::fs::write(h.archive_dir.join("app/manifest.json"), &old_manifest).unwrap();
+    reopen(&mut h).unwrap();
+    assert_eq!(archive_files(&h), files, "no newer file was deleted");
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    assert_eq!(
+        archive
+            .manifest()
+            .bases
+            .iter()
+            .map(|b| b.lsn)
+            .collect::<Vec<_>>(),
+        newer.bases.iter().map(|b| b.lsn).collect::<Vec<_>>(),
+        "the newer bases are adopted again"
+    );
+    assert_eq!(
+        archive.manifest().archived_through(),
+        newer.archived_through()
+    );
+    let last = *h.points.keys().last().unwrap();
+    restore_and_compare(&h, &archive, last, "older-copy");
+
+    // What retention dropped from the manifest but had not deleted is still cleaned up.
+    let oldest = archive.manifest().bases[0].clone();
+    let kept = h.dir.path().join("old-base.db");
+    std::fs::copy(archive.source_dir().join(&oldest.file), &kept).unwrap();
+    let mut opts = h.archiver.options().clone();
+    opts.keep_bases = 1;
+    h.archiver = ferry_archive::Archiver::open(opts, "app", &h.log_dir).unwrap();
+    let step = h.archiver.apply_retention(SystemTime::now()).unwrap();
+    assert!(step.bases_removed.contains(&oldest.lsn));
+    std::fs::copy(&kept, archive.source_dir().join(&oldest.file)).unwrap();
+    reopen(&mut h).unwrap();
+    assert!(
+        !archive.source_dir().join(&oldest.file).exists(),
+        "a base older than the manifest's oldest is retention's leftover"
+    );
+}
+
+#[test]
+fn bases_without_a_manifest_or_segments_are_refused_not_deleted() {
+    let mut h = Harness::new(25, |_| {});
+    for _ in 0..10 {
+        h.step();
+    }
+    h.take_base();
+    let app = h.archive_dir.join("app");
+    std::fs::remove_file(app.join("manifest.json")).unwrap();
+    for e in std::fs::read_dir(app.join("segments")).unwrap() {
+        std::fs::remove_file(e.unwrap().path()).unwrap();
+    }
+    let files = archive_files(&h);
+    assert_eq!(files.len(), 1);
+    let err = reopen(&mut h).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(err, ArchiveError::ManifestMissing { .. }),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(msg.contains(&app.display().to_string()), "{msg}");
+    assert!(msg.contains("manifest.json"), "{msg}");
+    assert_eq!(archive_files(&h), files, "the base is untouched");
+    assert!(!app.join("manifest.json").exists());
+}
+
+/// PostgreSQL holds nothing of the source: no progress row, no table.
+async fn pg_untouched(db: &TestDb) {
+    let client = db.connect().await;
+    let tables: i64 = client
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "no table was created");
+    let progress = ferry_pg::read_progress(&client, "app").await;
+    assert!(
+        !matches!(progress, Ok(Some(_))),
+        "no progress row: {progress:?}"
+    );
+}
+
+#[test]
+fn damaged_or_missing_files_are_named_before_either_restore_starts() {
+    let mut h = Harness::new(27, |_| {});
+    h.run(steps(100), 40);
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let last = *h.points.keys().last().unwrap();
+    let plan = archive.plan(RestoreTarget::Lsn(last)).unwrap();
+    assert!(plan.segments.len() >= 2, "{} segments", plan.segments.len());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let pg_err = |plan: &ferry_archive::RestorePlan| {
+        rt.block_on(async {
+            let db = TestDb::new().await;
+            let err = restore_to_postgres(plan, &PgRestoreOptions::new(db.url()))
+                .await
+                .unwrap_err();
+            pg_untouched(&db).await;
+            err
+        })
+    };
+    let sqlite_err = |plan: &ferry_archive::RestorePlan, tag: &str| {
+        let out = h.dir.path().join(format!("damaged-{tag}.db"));
+        let err = restore_to_sqlite(plan, &out).unwrap_err();
+        assert!(!out.exists(), "nothing at the output path");
+        err
+    };
+
+    // A segment whose bytes disagree with its manifest entry (CRC, size, last LSN).
+    let victim = plan.segments[1].1.clone();
+    let mut wrong = plan.clone();
+    wrong.segments[1].0.crc32c ^= 1;
+    for err in [pg_err(&wrong), sqlite_err(&wrong, "crc")] {
+        assert!(
+            matches!(err, ArchiveError::CorruptSegment { .. }),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(msg.contains(&victim.display().to_string()), "{msg}");
+        assert!(msg.contains("the manifest says"), "{msg}");
+    }
+    let mut wrong = plan.clone();
+    wrong.segments[1].0.last_lsn = Lsn(wrong.segments[1].0.last_lsn.0 + 1);
+    let err = pg_err(&wrong);
+    assert!(err.to_string().contains("records"), "{err}");
+
+    // A corrupt base: PostgreSQL checks the CRC before loading anything, SQLite while copying.
+    let base_copy = h.dir.path().join("base-copy.db");
+    std::fs::copy(&plan.base_path, &base_copy).unwrap();
+    let mut bytes = std::fs::read(&plan.base_path).unwrap();
+    let at = bytes.len() - 100;
+    bytes[at] ^= 0x01;
+    std::fs::write(&plan.base_path, &bytes).unwrap();
+    for err in [pg_err(&plan), sqlite_err(&plan, "base")] {
+        assert!(matches!(err, ArchiveError::CorruptBase { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .contains(&plan.base_path.display().to_string()),
+            "{err}"
+        );
+    }
+    std::fs::copy(&base_copy, &plan.base_path).unwrap();
+
+    // A segment corrupted or removed after the plan was made.
+    let (entry, path) = plan.segments.last().cloned().unwrap();
+    let saved = std::fs::read(&path).unwrap();
+    let mut bytes = saved.clone();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x20;
+    std::fs::write(&path, &bytes).unwrap();
+    for err in [pg_err(&plan), sqlite_err(&plan, "seg")] {
+        assert!(err.is_corrupt(), "{err:?}");
+        assert!(err.to_string().contains(&entry.file), "{err}");
+    }
+    std::fs::remove_file(&path).unwrap();
+    for err in [pg_err(&plan), sqlite_err(&plan, "gone")] {
+        assert!(matches!(err, ArchiveError::MissingFile { .. }), "{err:?}");
+        assert!(err.to_string().contains(&entry.file), "{err}");
+    }
+    std::fs::write(&path, &saved).unwrap();
+
+    // A newer base whose file is gone: the plan says so and uses the one before.
+    h.step();
+    let newer = h.take_base();
+    h.step();
+    h.seal_and_archive();
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let newest = *h.points.keys().last().unwrap();
+    let newer_path = archive
+        .source_dir()
+        .join(ferry_archive::manifest::base_file_name(newer));
+    std::fs::remove_file(&newer_path).unwrap();
+    let plan = archive.plan(RestoreTarget::Lsn(newest)).unwrap();
+    assert!(plan.base.lsn < newer);
+    assert_eq!(plan.missing_bases, vec![newer_path.clone()]);
+    assert!(
+        archive
+            .problems()
+            .iter()
+            .any(|p| p.contains(&newer_path.display().to_string()) && p.contains("missing")),
+        "{:?}",
+        archive.problems()
+    );
+    restore_and_compare(&h, &archive, newest, "older-base");
+}
+
+#[test]
+fn a_new_snapshot_breaks_the_range_and_restores_refuse_to_cross_it() {
+    let mut h = Harness::new(29, |_| {});
+    h.run(steps(40), 20);
+    let first_base = h.bases[0];
+    let before_snapshot = h.log.durable_lsn();
+    // Capture loses its state (shadow gone): it snapshots the source again into the log.
+    let capture_dir = h.dir.path().join("capture");
+    let cap = ferry_sqlite::SqliteCapture::open(
+        &h.db,
+        &h.dir.path().join("capture-2"),
+        std::sync::Arc::new(ferry_sqlite::LogSink(h.log.clone())),
+        ferry_sqlite::CaptureOptions {
+            watch: false,
+            source_id: "app".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(std::mem::replace(&mut h.cap, cap));
+    std::fs::remove_dir_all(&capture_dir).unwrap();
+    let snapshot_end = h.capture_and_record();
+    assert!(
+        snapshot_end.0 > before_snapshot.0 + 1,
+        "a new snapshot was logged"
+    );
+    // The base forced right after it.
+    let second_base = h.take_base();
+    assert_eq!(second_base, snapshot_end);
+    for _ in 0..20 {
+        h.step();
+    }
+    h.seal_and_archive();
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let snap = Lsn(before_snapshot.0 + 1);
+    assert!(
+        archive
+            .manifest()
+            .segments
+            .iter()
+            .any(|s| s.snapshots.contains(&snap)),
+        "the manifest records the snapshot at LSN {snap}"
+    );
+    let ranges = archive.ranges();
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0].from.lsn, first_base);
+    assert_eq!(
+        ranges[0].to.lsn, before_snapshot,
+        "the range stops before the snapshot"
+    );
+    assert!(
+        ranges[0]
+            .ends_because
+            .as_deref()
+            .is_some_and(|w| w.contains("snapshotted again")),
+        "{ranges:?}"
+    );
+    assert_eq!(ranges[1].from.lsn, second_base);
+    // Inside the snapshot: refused by the plan, before any restore starts.
+    for lsn in [snap, Lsn(second_base.0 - 1)] {
+        let err = archive.plan(RestoreTarget::Lsn(lsn)).unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_not_restorable(), "{msg}");
+        assert!(msg.contains("snapshotted again"), "{msg}");
+        assert!(msg.contains(&format!("LSN {second_base}")), "{msg}");
+        assert!(msg.contains(&format!("LSN {before_snapshot}")), "{msg}");
+    }
+    // Either side restores exactly.
+    restore_and_compare(&h, &archive, before_snapshot, "before-snapshot");
+    restore_and_compare(&h, &archive, second_base, "snapshot-base");
+    let last = *h.points.keys().last().unwrap();
+    restore_and_compare(&h, &archive, last, "after-snapshot");
+}
+
+#[test]
+fn age_retention_with_the_window_starting_between_two_bases() {
+    let mut h = Harness::new(31, |o| {
+        o.keep_bases = 1;
+        o.keep_for = Some(Duration::from_secs(3600));
+    });
+    for _ in 0..5 {
+        h.step();
+        std::thread::sleep(Duration::from_millis(5));
+        h.take_base();
+        for _ in 0..12 {
+            h.step();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    h.seal_and_archive();
+    let m = Archive::open(&h.archive_dir, None)
+        .unwrap()
+        .manifest()
+        .clone();
+    assert_eq!(m.bases.len(), 5);
+    let time = |i: usize| {
+        m.bases[i]
+            .lsn_captured_at
+            .expect("the log held the base's record")
+    };
+    // The window starts between the third and the fourth base.
+    let start = (time(2) + time(3)) / 2;
+    assert!(time(2) < start && start < time(3));
+    let now = SystemTime::UNIX_EPOCH + Duration::from_micros((start + 3_600_000_000) as u64);
+    let step = h.archiver.apply_retention(now).unwrap();
+    // The third base is the newest at or before the window's start: it and the later ones stay.
+    assert_eq!(step.bases_removed, vec![h.bases[0], h.bases[1]]);
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let kept = h.bases[2];
+    // Every recorded point captured inside the window restores (a sample), and the base
+    // before it.
+    let inside: Vec<Lsn> = h
+        .points
+        .iter()
+        .filter(|(l, p)| **l >= kept && p.captured_at.is_some_and(|c| c >= start))
+        .map(|(l, _)| *l)
+        .collect();
+    assert!(inside.len() > 10);
+    for &lsn in inside.iter().step_by(inside.len() / 6) {
+        restore_and_compare(&h, &archive, lsn, "window");
+    }
+    restore_and_compare(&h, &archive, kept, "window-base");
+    // Points before the kept base are refused, naming retention and the kept base.
+    for (&lsn, _) in h.points.iter().filter(|(l, _)| **l < kept).step_by(7) {
+        let err = archive.plan(RestoreTarget::Lsn(lsn)).unwrap_err();
+        let msg = err.to_string();
+        assert!(err.is_not_restorable(), "{msg}");
+        assert!(msg.contains("retention"), "{msg}");
+        assert!(msg.contains(&format!("LSN {kept}")), "{msg}");
+    }
+    // So is a time before the window.
+    let err = archive
+        .plan(RestoreTarget::Time(time(1)))
+        .map(|p| p.target)
+        .unwrap_err();
+    assert!(err.is_not_restorable(), "{err}");
+}
+
+#[test]
+fn foreign_key_actions_do_not_fire_again_when_restoring() {
+    let mut h = Harness::new(33, |_| {});
+    h.app
+        .execute_batch(
+            "PRAGMA foreign_keys=ON;
+             CREATE TABLE parent(id INTEGER PRIMARY KEY, name TEXT);
+             CREATE TABLE child(id INTEGER PRIMARY KEY,
+                                parent_id INT REFERENCES parent(id) ON DELETE CASCADE ON UPDATE CASCADE,
+                                v TEXT);
+             INSERT INTO parent VALUES (1, 'a'), (2, 'b'), (3, 'c');
+             INSERT INTO child VALUES (10, 1, 'x'), (11, 1, 'y'), (20, 2, 'z'), (30, 3, 'w');",
+        )
+        .unwrap();
+    h.capture_and_record();
+    let base = h.take_base();
+    let fk_on: i64 = h
+        .app
+        .query_row("PRAGMA foreign_keys", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(fk_on, 1);
+    // An update of a parent's other column (replayed as delete + write by key: a cascade
+    // firing then would delete its children), a cascading delete, a cascading key update.
+    for sql in [
+        "UPDATE parent SET name = 'a2' WHERE id = 1",
+        "DELETE FROM parent WHERE id = 2",
+        "UPDATE parent SET id = 4 WHERE id = 3",
+        "BEGIN; UPDATE parent SET name = 'a3' WHERE id = 1; INSERT INTO child VALUES (12, 1, 'n'); COMMIT;",
+    ] {
+        h.app.execute_batch(sql).unwrap();
+        h.capture_and_record();
+    }
+    let children: i64 = h
+        .app
+        .query_row("SELECT count(*) FROM child", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(children, 4, "the source's own cascades ran");
+    h.seal_and_archive();
+    let archive = Archive::open(&h.archive_dir, None).unwrap();
+    let points: Vec<Lsn> = h.points.keys().copied().filter(|l| *l >= base).collect();
+    assert_eq!(points.len(), 5);
+    for lsn in points {
+        restore_and_compare(&h, &archive, lsn, "fk");
+    }
 }

@@ -348,4 +348,11 @@ pub struct RestoreArgs {
     /// The archived source to restore (needed when the archive holds several).
     #[arg(long)]
     pub source_id: Option<String>,
+    /// Print what the restore did as one JSON object (duration, bytes, records).
+    #[arg(long)]
+    pub json: bool,
+    /// Also write the restore's metrics to this file in the Prometheus text format (for the
+    /// node exporter's textfile collector), replacing it atomically.
+    #[arg(long)]
+    pub metrics_file: Option<PathBuf>,
 }

@@ -81,6 +81,9 @@ pub struct ArchiveConfig {
     /// e.g. "7d"
     pub retention: Option<String>,
     pub keep_bases: Option<u32>,
+    /// Seal the log's open segment once it is this old (and holds records), so a quiet
+    /// source's last changes reach the archive, e.g. "60s" (the default).
+    pub seal_after: Option<String>,
 }
 
 impl ArchiveConfig {
@@ -96,6 +99,7 @@ impl ArchiveConfig {
                     })
                     .transpose()
             };
+        self.seal_after()?;
         let mut o = ferry_archive::ArchiveOptions::new(self.dir.clone());
         o.base_interval = duration("base_interval", &self.base_interval)?;
         o.keep_for = duration("retention", &self.retention)?;
@@ -109,6 +113,26 @@ impl ArchiveConfig {
             o.keep_bases = k as usize;
         }
         Ok(o)
+    }
+}
+
+impl ArchiveConfig {
+    /// `seal_after`, when set.
+    pub fn seal_after(&self) -> Result<Option<std::time::Duration>, ConfigError> {
+        let Some(t) = self.seal_after.as_deref() else {
+            return Ok(None);
+        };
+        let d = humantime::parse_duration(t).map_err(|e| ConfigError::Invalid {
+            field: "archive.seal_after".into(),
+            problem: format!("{t:?} is not a duration like \"60s\" ({e})"),
+        })?;
+        if d.is_zero() {
+            return Err(ConfigError::Invalid {
+                field: "archive.seal_after".into(),
+                problem: "must be more than 0 (every round would seal a segment)".into(),
+            });
+        }
+        Ok(Some(d))
     }
 }
 

@@ -36,6 +36,10 @@ pub struct SourceStatus {
     pub lag_records: u64,
     pub lag_seconds: f64,
     pub last_error: Option<String>,
+    /// The archive's last error while it is failing (capture and replication go on; the log
+    /// keeps what the archive has not taken). None when archiving works or is off.
+    #[serde(default)]
+    pub archive_error: Option<String>,
     pub cutover_at: Option<String>,
     pub writes_after_cutover: u64,
 }
@@ -54,6 +58,7 @@ impl SourceStatus {
             lag_records: 0,
             lag_seconds: 0.0,
             last_error: None,
+            archive_error: None,
             cutover_at: None,
             writes_after_cutover: 0,
         }

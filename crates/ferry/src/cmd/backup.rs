@@ -111,6 +111,7 @@ pub fn list(a: BackupListArgs) -> anyhow::Result<ExitCode> {
                 "file": b.file,
             })).collect::<Vec<_>>(),
             "restorable": ranges.iter().map(range_json).collect::<Vec<_>>(),
+            "problems": archive.problems(),
             "postgres": pg,
         }));
     }
@@ -143,6 +144,9 @@ pub fn list(a: BackupListArgs) -> anyhow::Result<ExitCode> {
                 b["state_as_of"].as_str().unwrap_or("-"),
                 size(b["bytes"].as_u64().unwrap_or(0))
             );
+        }
+        for p in s["problems"].as_array().into_iter().flatten() {
+            println!("  PROBLEM: {}", p.as_str().unwrap_or_default());
         }
         let ranges = s["restorable"].as_array().cloned().unwrap_or_default();
         if ranges.is_empty() {

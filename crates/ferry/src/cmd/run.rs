@@ -136,6 +136,7 @@ fn merge_config(args: &RunArgs) -> anyhow::Result<Config> {
                 base_interval: None,
                 retention: None,
                 keep_bases: None,
+                seal_after: None,
             });
         a.dir = d.clone();
         if let Some(b) = &args.base_interval {
@@ -396,85 +397,104 @@ fn spawn_capture(
     std::thread::Builder::new()
         .name(format!("capture-{}", src.id))
         .spawn(move || {
-            let mut backoff = Duration::from_millis(500);
-            while !stop.load(Ordering::SeqCst) {
-                // A capture re-opened after an error counts from 0: what the ones before it
-                // counted is carried, so the published counters never go back.
-                let carried = src
-                    .capture_stats
-                    .lock()
-                    .map(|s| s.clone())
-                    .unwrap_or_default();
-                let opts = CaptureOptions {
-                    source_id: src.id.clone(),
-                    poll_interval: Duration::from_millis(50),
-                    ..CaptureOptions::default()
+            if archive.is_none() {
+                crate::archiving::release_archive_consumer(&src.log, &src.id);
+            }
+            // The archiver thread outlives capture's restarts (and its failures stop neither).
+            let worker = archive.and_then(|a| {
+                let reporting = crate::archiving::Reporting {
+                    metrics: Some(metrics.clone()),
+                    status: Some(status.clone()),
                 };
-                let result = SqliteCapture::open(
-                    &src.path,
-                    &work_dir,
-                    Arc::new(LogSink(src.log.clone())),
-                    opts,
-                )
-                .map_err(anyhow::Error::from)
-                .and_then(|mut cap| {
-                    let hints = src.capture_tx.clone();
-                    cap.on_change_hint(Box::new(move || {
-                        let _ = hints.send(CaptureRequest::Changed);
-                    }));
-                    let archiver = match &archive {
-                        Some(a) => Some(
-                            ferry_archive::Archiver::open(a.options()?, &src.id, &log_dir)
-                                .context("opening the archive")?,
-                        ),
-                        None => None,
-                    };
-                    let mut ctx = CaptureContext {
-                        carried,
-                        src: &src,
-                        status: &status,
-                        metrics: &metrics,
-                        work_dir: &work_dir,
-                        archiver,
-                        last_archive_tick: None,
-                    };
-                    let ended = capture_loop(&mut cap, &mut ctx, &stop, &requests);
-                    // What the failing step counted before it failed.
-                    ctx.publish_stats(&cap);
-                    ended
-                });
-                match result {
-                    Ok(()) => return,
-                    Err(e) => {
-                        let msg = format!("capture of {}: {e:#}", src.path.display());
-                        tracing::error!(source = %src.id, error = %msg, "capture failed; retrying");
-                        status.update(&src.id, |s| {
-                            s.state = SourceState::Error;
-                            s.last_error = Some(msg.clone());
-                        });
-                        let kind = if msg.contains("I/O") || msg.contains("open") {
-                            "io"
-                        } else {
-                            "format"
-                        };
-                        metrics
-                            .source_errors
-                            .get_or_create(&crate::metrics::SourceError {
-                                source: src.id.clone(),
-                                stage: "capture".into(),
-                                kind: kind.into(),
-                            })
-                            .inc();
-                        let deadline = Instant::now() + backoff;
-                        while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
-                            std::thread::sleep(Duration::from_millis(50));
-                        }
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
-                    }
-                }
+                crate::archiving::ArchiveWorker::spawn(a, &src.id, &log_dir, src.log.clone(), &work_dir, reporting)
+                    .inspect_err(|e| tracing::error!(source = %src.id, error = %e, "could not start archiving; capture goes on without it"))
+                    .ok()
+            });
+            capture_with_retries(&src, &status, &metrics, &stop, &requests, &work_dir, worker.as_ref());
+            if let Some(w) = worker {
+                w.finish(Duration::from_secs(60));
             }
         })
         .unwrap_or_else(|e| panic!("spawning a capture thread: {e}"))
+}
+
+fn capture_with_retries(
+    src: &Arc<SourceRuntime>,
+    status: &Arc<RunStatus>,
+    metrics: &Arc<Metrics>,
+    stop: &Arc<AtomicBool>,
+    requests: &std::sync::mpsc::Receiver<CaptureRequest>,
+    work_dir: &std::path::Path,
+    archive: Option<&crate::archiving::ArchiveWorker>,
+) {
+    let mut backoff = Duration::from_millis(500);
+    while !stop.load(Ordering::SeqCst) {
+        // A capture re-opened after an error counts from 0: what the ones before it counted
+        // is carried, so the published counters never go back.
+        let carried = src
+            .capture_stats
+            .lock()
+            .map(|s| s.clone())
+            .unwrap_or_default();
+        let opts = CaptureOptions {
+            source_id: src.id.clone(),
+            poll_interval: Duration::from_millis(50),
+            ..CaptureOptions::default()
+        };
+        let result = SqliteCapture::open(
+            &src.path,
+            work_dir,
+            Arc::new(LogSink(src.log.clone())),
+            opts,
+        )
+        .map_err(anyhow::Error::from)
+        .and_then(|mut cap| {
+            let hints = src.capture_tx.clone();
+            cap.on_change_hint(Box::new(move || {
+                let _ = hints.send(CaptureRequest::Changed);
+            }));
+            let mut ctx = CaptureContext {
+                carried,
+                src,
+                status,
+                metrics,
+                archive,
+            };
+            let ended = capture_loop(&mut cap, &mut ctx, stop, requests);
+            // What the failing step counted before it failed.
+            ctx.publish_stats(&cap);
+            ended
+        });
+        match result {
+            Ok(()) => return,
+            Err(e) => {
+                let msg = format!("capture of {}: {e:#}", src.path.display());
+                tracing::error!(source = %src.id, error = %msg, "capture failed; retrying");
+                status.update(&src.id, |s| {
+                    s.state = SourceState::Error;
+                    s.last_error = Some(msg.clone());
+                });
+                let kind = if msg.contains("I/O") || msg.contains("open") {
+                    "io"
+                } else {
+                    "format"
+                };
+                metrics
+                    .source_errors
+                    .get_or_create(&crate::metrics::SourceError {
+                        source: src.id.clone(),
+                        stage: "capture".into(),
+                        kind: kind.into(),
+                    })
+                    .inc();
+                let deadline = Instant::now() + backoff;
+                while Instant::now() < deadline && !stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(30));
+            }
+        }
+    }
 }
 
 /// What the capture thread works with besides the capture itself.
@@ -484,13 +504,9 @@ struct CaptureContext<'a> {
     src: &'a SourceRuntime,
     status: &'a RunStatus,
     metrics: &'a Metrics,
-    work_dir: &'a std::path::Path,
-    archiver: Option<ferry_archive::Archiver>,
-    last_archive_tick: Option<Instant>,
+    /// The source's archiver thread (see `crate::archiving`), when an archive is configured.
+    archive: Option<&'a crate::archiving::ArchiveWorker>,
 }
-
-/// How often the capture thread archives sealed segments and checks the base schedule.
-const ARCHIVE_TICK: Duration = Duration::from_secs(1);
 
 impl CaptureContext<'_> {
     /// Publishes the capture's statistics, counted since `ferry run` started.
@@ -498,71 +514,6 @@ impl CaptureContext<'_> {
         if let Ok(mut s) = self.src.capture_stats.lock() {
             *s = carried_over(&self.carried, &cap.stats());
         }
-    }
-
-    /// One round of archiving (when an archive is configured): sealed segments, a base when
-    /// due or forced, retention; then the archive metrics.
-    fn archive(
-        &mut self,
-        cap: &mut SqliteCapture,
-        force_base: bool,
-    ) -> anyhow::Result<Option<serde_json::Value>> {
-        let Some(archiver) = self.archiver.as_mut() else {
-            anyhow::ensure!(
-                !force_base,
-                "no archive is configured: start ferry run with --archive-dir or an [archive] section"
-            );
-            return Ok(None);
-        };
-        if !force_base
-            && self
-                .last_archive_tick
-                .is_some_and(|t| t.elapsed() < ARCHIVE_TICK)
-        {
-            return Ok(None);
-        }
-        self.last_archive_tick = Some(Instant::now());
-        let tick = crate::archiving::archive_tick(
-            archiver,
-            cap,
-            &self.src.log,
-            self.work_dir,
-            crate::archiving::DEFAULT_SEAL_AFTER,
-            force_base,
-        )?;
-        if let Some(b) = &tick.base {
-            tracing::info!(source = %self.src.id, lsn = %b.lsn, "base backup archived");
-        }
-        let st = archiver.status();
-        let l = SourceLabel {
-            source: self.src.id.clone(),
-        };
-        let m = self.metrics;
-        if let Some(at) = st.last_base_at {
-            m.archive_last_base_timestamp
-                .get_or_create(&l)
-                .set(at / 1_000_000);
-        }
-        if let Some(lsn) = st.last_base_lsn {
-            m.archive_last_base_lsn.get_or_create(&l).set(lsn.0 as i64);
-        }
-        m.archive_bytes
-            .get_or_create(&l)
-            .set(st.archive_bytes as i64);
-        let behind = self
-            .src
-            .log
-            .segments()
-            .map(|segs| {
-                segs.iter()
-                    .filter(|s| s.sealed && s.last_lsn > st.archived_through_lsn)
-                    .count()
-            })
-            .unwrap_or(0);
-        m.archive_lag_segments.get_or_create(&l).set(behind as i64);
-        Ok(tick
-            .base
-            .map(|b| serde_json::to_value(&b).unwrap_or_default()))
     }
 }
 
@@ -603,9 +554,11 @@ fn capture_loop(
             });
             cleared_error = true;
         }
-        if let Err(e) = ctx.archive(cap, false) {
-            // The log keeps every change; archiving retries at the next tick.
-            tracing::error!(source = %src.id, error = %format!("{e:#}"), "archiving failed; retrying");
+        // A new snapshot (capture lost its state) forces a base: points after it are
+        // restorable only from a base taken after it.
+        if let Some(Err(e)) = ctx.archive.map(|a| a.after_step(cap, step.snapshot_taken)) {
+            // The log keeps every change; the base is taken again at the next step.
+            tracing::error!(source = %src.id, error = %format!("{e:#}"), "base image for the archive failed; retrying");
             ctx.metrics
                 .source_errors
                 .get_or_create(&crate::metrics::SourceError {
@@ -616,15 +569,7 @@ fn capture_loop(
                 .inc();
         }
         if stop.load(Ordering::SeqCst) {
-            if ctx.archiver.is_some() {
-                // On shutdown the open segment is sealed and archived, so the archive covers
-                // everything captured up to here.
-                let sealed = src.log.seal().map_err(anyhow::Error::from);
-                ctx.last_archive_tick = None;
-                if let Err(e) = sealed.and_then(|()| ctx.archive(cap, false).map(|_| ())) {
-                    tracing::error!(source = %src.id, error = %format!("{e:#}"), "archiving at shutdown failed; the log keeps every change and the next run archives it");
-                }
-            }
+            // (On shutdown the archiver thread seals the open segment and archives it.)
             return Ok(());
         }
         // Caught up: wait for a request, a change hint or the poll interval. A step that
@@ -648,13 +593,15 @@ fn capture_loop(
             Ok(CaptureRequest::BackupNow(reply)) => {
                 // The base reflects what is captured so far; it need not wait for a writer
                 // that outpaces capture.
-                let r = cap
-                    .step(Duration::from_millis(500))
-                    .map_err(anyhow::Error::from)
-                    .and_then(|_| ctx.archive(cap, true))
-                    .map(Option::unwrap_or_default)
-                    .map_err(|e| format!("{e:#}"));
-                let _ = reply.send(r);
+                match (cap.step(Duration::from_millis(500)), ctx.archive) {
+                    (Ok(_), Some(a)) => a.backup_now(cap, reply),
+                    (Ok(_), None) => {
+                        let _ = reply.send(Err("no archive is configured: start ferry run with --archive-dir or an [archive] section".into()));
+                    }
+                    (Err(e), _) => {
+                        let _ = reply.send(Err(format!("capturing before the base: {e}")));
+                    }
+                }
             }
             Ok(CaptureRequest::Changed) | Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return Ok(()),
