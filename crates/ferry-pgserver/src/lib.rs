@@ -462,8 +462,12 @@ impl LocalServer {
         // The postmaster's exit is not the end of its children: a backend that has not yet
         // exited still holds the shared memory, and a new postmaster on this data directory
         // then refuses to start ("pre-existing shared memory block is still in use").
+        // A backend forked while the group was being killed can miss the signal: kill the
+        // group again for as long as anything of it runs.
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while group_has_live_process(self.pid) && std::time::Instant::now() < deadline {
+            // SAFETY: as above.
+            unsafe { libc::kill(-self.pid, libc::SIGKILL) };
             std::thread::sleep(Duration::from_millis(10));
         }
     }
