@@ -392,3 +392,59 @@ fn backup_list_shows_bases_ranges_and_the_postgres_pairing() {
     let o = run_ferry(&["backup", "list", "--archive-dir", s(empty.path())]);
     expect_exit(&o, 2, "backup list of an empty directory");
 }
+
+/// `ferry capture --archive-dir` archives like `ferry run`: a base after the initial snapshot,
+/// and on exit the open segment sealed and archived, so the latest point restores to exactly
+/// what the database held, through two runs of `--once`.
+#[test]
+fn ferry_capture_archives_bases_and_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("app.db");
+    let state = dir.path().join("state");
+    let archive = dir.path().join("archive");
+    ferry_e2e::SampleApp::prepare(&db, 40);
+    let capture_once = || {
+        let out = run_ferry(&[
+            "capture",
+            "--once",
+            "--source",
+            s(&db),
+            "--state-dir",
+            s(&state),
+            "--archive-dir",
+            s(&archive),
+        ]);
+        expect_exit(&out, 0, "ferry capture --once --archive-dir");
+    };
+    capture_once();
+    {
+        let c = rusqlite::Connection::open(&db).unwrap();
+        c.execute_batch(
+            "INSERT INTO settings (key, value) VALUES ('after-the-base', 'x');
+             UPDATE users SET name = 'renamed' WHERE id = 7;
+             DELETE FROM jobs WHERE id = 3;",
+        )
+        .unwrap();
+    }
+    capture_once();
+    let out = run_ferry(&["backup", "list", "--archive-dir", s(&archive), "--json"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&expect_exit(&out, 0, "backup list")).unwrap();
+    assert!(
+        list["sources"][0]["bases"]
+            .as_array()
+            .is_some_and(|b| !b.is_empty()),
+        "a base was archived: {list}"
+    );
+    let restored = dir.path().join("restored.db");
+    let out = run_ferry(&[
+        "restore",
+        "--archive-dir",
+        s(&archive),
+        "--latest",
+        "--output",
+        s(&restored),
+    ]);
+    expect_exit(&out, 0, "restore --latest of what ferry capture archived");
+    assert_eq!(sqlite_tables(&restored), sqlite_tables(&db));
+}

@@ -196,6 +196,21 @@ impl ArchiveWorker {
         now.saturating_sub(last) >= i64::try_from(interval.as_micros()).unwrap_or(i64::MAX)
     }
 
+    /// Waits until the archiver thread has opened the archive (it opens it on its own
+    /// thread, retrying); false when `wait` passed first.
+    pub fn wait_open(&self, wait: Duration) -> bool {
+        let deadline = Instant::now() + wait;
+        loop {
+            if self.shared().open {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Called by the capture thread between steps: takes a base image when one is due or
     /// `force`d (a new snapshot of the source was just taken: points after it are restorable
     /// only from a base taken after it) and hands it to the archiver thread. Only the local

@@ -189,6 +189,13 @@ pub struct CaptureArgs {
     /// Capture the initial snapshot (first run) and everything committed so far, then exit.
     #[arg(long)]
     pub once: bool,
+    /// Archive base backups and sealed log segments here, for point-in-time restore (as
+    /// `ferry run --archive-dir`).
+    #[arg(long, env = "FERRY_ARCHIVE_DIR")]
+    pub archive_dir: Option<PathBuf>,
+    /// Take a base backup this often, e.g. "6h".
+    #[arg(long, env = "FERRY_BASE_INTERVAL", requires = "archive_dir")]
+    pub base_interval: Option<String>,
 }
 
 #[derive(Args, Debug)]
