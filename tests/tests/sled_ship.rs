@@ -308,5 +308,18 @@ fn ferry_run_ships_a_sled_source_while_the_application_writes() {
         from_sled(&sled_db),
         "PostgreSQL differs from sled under ferry run"
     );
+    // A sled source cannot be fenced from outside its application: the cutover refuses,
+    // saying how to move it, and replication goes on.
+    let out = ferry_e2e::run_ferry(&[
+        "cutover",
+        "--state-dir",
+        run_state.to_str().expect("utf-8"),
+        "--then",
+        "true",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cannot fence"), "{stderr}");
+    assert_eq!(run.source_status()["state"], "streaming");
     assert!(run.stop().success());
 }

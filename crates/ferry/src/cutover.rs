@@ -353,6 +353,21 @@ async fn cutover(
             .unwrap_or(false),
         "this ferry has already cut over"
     );
+    // ferry can only fence what it reads from outside the application: a sled database is
+    // written by the one process that embeds it.
+    if let Some(s) = ctx
+        .status
+        .report()
+        .sources
+        .iter()
+        .find(|s| s.kind != "sqlite")
+    {
+        anyhow::bail!(
+            "source {} is a {} source, which ferry cannot fence (its application embeds it): move it by stopping the application's writes and waiting until `ferry status` shows lag 0; cut the SQLite sources over from a ferry run without it",
+            s.source,
+            s.kind
+        );
+    }
     for s in &ctx.sources {
         ctx.metrics
             .cutover_state
