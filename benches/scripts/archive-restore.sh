@@ -106,6 +106,9 @@ printf "caught up %.1f s after the writer finished, at LSN %s\n" "$(echo "$(now)
 kill -TERM "$run_pid"
 wait "$run_pid" || fail "ferry run exited with $? on SIGTERM (log: $(tail -5 "$work/run.log"))"
 run_pid=
+# What capture logged in the end (it may have read the writer's last commits after the poll
+# above saw captured == shipped): the stopped run's log, from the state directory.
+last_seen=$(status | json 'd["sources"][0]["captured_lsn"]')
 archived=$("$bin" backup list --archive-dir "$work/archive" --json | json 'd["sources"][0]["archived_through"]')
 [ "$archived" = "$last_seen" ] || fail "archive holds through LSN $archived, captured $last_seen"
 "$bin" backup list --archive-dir "$work/archive"
