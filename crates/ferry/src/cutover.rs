@@ -232,8 +232,8 @@ fn keys_changed_between(src: &SourceRuntime, from: Lsn, to: Lsn) -> anyhow::Resu
     crate::cmd::verify::keys_changed(src.log.reader(from.next())?, to)
 }
 
-/// Whether the records in (from, to] changed a table's schema (the compare by key then
-/// does not cover what changed: a whole table is compared).
+/// Whether the records in (from, to] changed a table's schema or snapshot the source again
+/// (the comparison by key then does not cover what changed: every row is compared).
 fn schema_changed_between(src: &SourceRuntime, from: Lsn, to: Lsn) -> anyhow::Result<bool> {
     if to <= from {
         return Ok(false);
@@ -243,10 +243,10 @@ fn schema_changed_between(src: &SourceRuntime, from: Lsn, to: Lsn) -> anyhow::Re
         if lsn > to {
             break;
         }
-        if let Record::Transaction(t) = Record::decode(&payload)?
-            && !t.schema_changes.is_empty()
-        {
-            return Ok(true);
+        match Record::decode(&payload)? {
+            Record::Transaction(t) if !t.schema_changes.is_empty() => return Ok(true),
+            Record::SnapshotBegin(_) | Record::SnapshotRows(_) => return Ok(true),
+            _ => {}
         }
     }
     Ok(false)
