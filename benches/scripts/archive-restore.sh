@@ -70,15 +70,17 @@ snapshot_loaded_with_base() {
     [ "$(json 'd["sources"][0]["captured_lsn"]' <<<"$s")" = "$(json 'd["sources"][0]["shipped_lsn"]' <<<"$s")" ]
 }
 last_seen=-1
+writer_done=""
 caught_up() {
-  # captured == shipped, and nothing new captured since the previous poll (the WAL is drained).
-  local s c p
+  # Capture has read the database to its end in a pass that began after the writer finished
+  # (the status's source_read_at), and captured == shipped.
+  local s c p r
   s=$(status) || return 1
   c=$(json 'd["sources"][0]["captured_lsn"]' <<<"$s")
   p=$(json 'd["sources"][0]["shipped_lsn"]' <<<"$s")
-  [ "$c" = "$p" ] && [ "$c" = "$last_seen" ] && return 0
+  r=$(json 'd["sources"][0].get("source_read_at") or ""' <<<"$s")
   last_seen=$c
-  return 1
+  [ "$c" = "$p" ] && [[ "$r" > "$writer_done" || "$r" == "$writer_done" ]]
 }
 
 echo "== machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GB RAM; binary: $bin"
@@ -100,6 +102,7 @@ printf "streaming with a base at LSN %s after %.1f s\n" "$base_lsn" "$(echo "$(n
 
 echo "== writing $changes row changes (1000 per transaction) while ferry runs"
 python3 "$gen" changes "$work/app.db" "$changes" 1000 | tee "$work/changes.json"
+writer_done=$(date -u +%Y-%m-%dT%H:%M:%S.%6NZ)
 t=$(now)
 wait_for 3600 "captured == shipped" caught_up
 printf "caught up %.1f s after the writer finished, at LSN %s\n" "$(echo "$(now) - $t" | bc)" "$last_seen"
