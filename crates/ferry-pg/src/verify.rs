@@ -61,11 +61,7 @@ impl TargetRowReader {
             return Ok(vec![]);
         }
         let m = &self.map;
-        let cols: Vec<String> = m
-            .columns
-            .iter()
-            .map(|c| select_expr(&c.pg_type, &c.target))
-            .collect();
+        let cols = select_list(m);
         let key_exprs: Vec<String> = m
             .key
             .iter()
@@ -117,18 +113,7 @@ impl TargetRowReader {
             .query(&sql, &params)
             .await
             .map_err(|e| PgError::pg(format!("reading {} for verify", m.qualified()), e))?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let mut datums = Vec::with_capacity(m.columns.len());
-            for i in 0..m.columns.len() {
-                let d: Datum = r
-                    .try_get(i)
-                    .map_err(|e| PgError::pg(format!("decoding a row of {}", m.qualified()), e))?;
-                datums.push(d);
-            }
-            let key: Vec<Value> = m.key.iter().map(|&k| datums[k].to_value()).collect();
-            out.push((key, datums));
-        }
+        let out = decode_rows(m, &rows)?;
         if (rows.len() as i64) < self.page {
             self.done = true;
         }
@@ -151,11 +136,7 @@ pub async fn rows_with_keys<C: GenericClient>(
     chunk: usize,
 ) -> Result<Vec<TargetRow>, PgError> {
     let m = map;
-    let cols: Vec<String> = m
-        .columns
-        .iter()
-        .map(|c| select_expr(&c.pg_type, &c.target))
-        .collect();
+    let cols = select_list(m);
     let key_exprs: Vec<String> = m
         .key
         .iter()
@@ -220,17 +201,32 @@ pub async fn rows_with_keys<C: GenericClient>(
             .query(&stmt, &params)
             .await
             .map_err(|e| PgError::pg(format!("reading {} by key for verify", m.qualified()), e))?;
-        for r in &rows {
-            let mut datums = Vec::with_capacity(m.columns.len());
-            for i in 0..m.columns.len() {
-                let d: Datum = r
-                    .try_get(i)
-                    .map_err(|e| PgError::pg(format!("decoding a row of {}", m.qualified()), e))?;
-                datums.push(d);
-            }
-            let key: Vec<Value> = m.key.iter().map(|&k| datums[k].to_value()).collect();
-            out.push((key, datums));
+        out.extend(decode_rows(m, &rows)?);
+    }
+    Ok(out)
+}
+
+/// The select list of a mapped table's columns, in map order.
+fn select_list(m: &TableMap) -> Vec<String> {
+    m.columns
+        .iter()
+        .map(|c| select_expr(&c.pg_type, &c.target))
+        .collect()
+}
+
+/// Rows of [`select_list`] as [`TargetRow`]s: their datums, and their keys as SQLite values.
+fn decode_rows(m: &TableMap, rows: &[tokio_postgres::Row]) -> Result<Vec<TargetRow>, PgError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let mut datums = Vec::with_capacity(m.columns.len());
+        for i in 0..m.columns.len() {
+            let d: Datum = r
+                .try_get(i)
+                .map_err(|e| PgError::pg(format!("decoding a row of {}", m.qualified()), e))?;
+            datums.push(d);
         }
+        let key: Vec<Value> = m.key.iter().map(|&k| datums[k].to_value()).collect();
+        out.push((key, datums));
     }
     Ok(out)
 }
