@@ -323,3 +323,79 @@ fn ferry_run_ships_a_sled_source_while_the_application_writes() {
     assert_eq!(run.source_status()["state"], "streaming");
     assert!(run.stop().success());
 }
+
+/// The example application of `crates/ferry-sled/examples/sled_app.rs` (the binary the test
+/// command's `cargo build --workspace --all-targets` puts next to `ferry`), run with the
+/// arguments of the README's walk-through, then the README's `ferry log inspect` and
+/// `ferry ship --once`: PostgreSQL holds what the example wrote, and a second run of the
+/// example carries on in the same log.
+#[test]
+fn the_readme_walk_through_with_the_example_application() {
+    let pg = TestDb::new_blocking();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (app, state) = (dir.path().join("app"), dir.path().join("state"));
+    let example = ferry_e2e::ferry_bin()
+        .parent()
+        .expect("the ferry binary's directory")
+        .join("examples")
+        .join("sled_app");
+    assert!(
+        example.is_file(),
+        "{} not found: build it first (`cargo build -p ferry-sled --examples`)",
+        example.display()
+    );
+    let run_example = || {
+        let out = std::process::Command::new(&example)
+            .args(["--db", &app.to_string_lossy()])
+            .args(["--state-dir", &state.to_string_lossy()])
+            .args(["--count", "1000"])
+            .output()
+            .expect("run the example");
+        expect_exit(&out, 0, "the sled_app example")
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let state_s = state.to_string_lossy().into_owned();
+
+    let said = run_example();
+    assert!(said.contains("wrote 1000 transactions"), "{said}");
+    assert!(state.join("sources/app/source.json").is_file());
+    assert!(state.join("sources/app/log").is_dir());
+
+    let inspected = expect_exit(
+        &run_ferry(&["log", "inspect", "--state-dir", &state_s, "--limit", "20"]),
+        0,
+        "ferry log inspect",
+    );
+    for tree in ["users", "counters", "sessions"] {
+        assert!(inspected.contains(tree), "no {tree} in:\n{inspected}");
+    }
+
+    let check = |runs: i64| {
+        ship(&state, &pg);
+        let (users, writes, sessions, vip) = rt.block_on(async {
+            let c = pg.connect().await;
+            let one = |sql: &'static str| {
+                let c = &c;
+                async move { c.query_one(sql, &[]).await.expect(sql).get::<_, i64>(0) }
+            };
+            (
+                one("SELECT count(*) FROM public.users").await,
+                one("SELECT count::bigint FROM public.counters WHERE name = 'writes'").await,
+                one("SELECT count(*) FROM public.sessions").await,
+                one("SELECT count(*) FROM public.users WHERE (doc->>'vip')::boolean").await,
+            )
+        });
+        // 500 user ids, one counter merge per transaction, the last 10 sessions kept, and
+        // the users the example's compare-and-swap marked (every seventh write's user).
+        assert_eq!(users, 500, "users after {runs} run(s)");
+        assert_eq!(writes, 1000 * runs, "the merge counter after {runs} run(s)");
+        assert_eq!(sessions, 10, "sessions after {runs} run(s)");
+        assert!(vip > 0, "no user marked by compare_and_swap");
+    };
+    check(1);
+    run_example();
+    check(2);
+}
